@@ -1,0 +1,3 @@
+from wantune.cli import main
+
+raise SystemExit(main())

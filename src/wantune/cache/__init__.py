@@ -1,0 +1,1 @@
+"""Latent and text-embedding caches keyed by identity, and the cached loader."""

@@ -1,0 +1,1 @@
+"""Datasets: sources, captions, frame windows, buckets, checks and preparation."""

@@ -1,0 +1,1 @@
+"""PyTorch distributed: process groups, DDP/FSDP2 wrapping, rank sharding."""

@@ -1,0 +1,1 @@
+"""Wan models: variants, the transformer, VAE, text encoders and checkpoint formats."""

@@ -1,0 +1,1 @@
+"""The versioned LoRA library for production."""

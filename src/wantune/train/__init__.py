@@ -1,0 +1,1 @@
+"""Training: the recipe, objective, optimisers, validation, diagnostics, checkpoints."""
