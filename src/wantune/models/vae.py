@@ -1,0 +1,250 @@
+"""The Wan 2.1 / 2.2 video VAEs through diffusers' `AutoencoderKLWan`, with the official latent normalisation.
+
+`load_vae(path)` reads an official `.pth`, an official/ComfyUI safetensors file (optionally prefixed), or a
+diffusers folder / diffusers-named file, and builds the model from the checkpoint's shapes.
+`WanVAE.encode` returns the official normalised mean `(mu - mean) / std`; `decode` undoes it, decodes and
+clamps to [-1, 1]. Large videos are decoded (and encoded) in spatial tiles chosen from a memory estimate.
+
+Shapes: B batch, C channels (3 pixels, z_dim latents), F frames, H height, W width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wantune.errors import UserError
+from wantune.models import vae_convert
+
+# Official per-channel latent statistics (Wan-Video wan/modules/vae2_1.py and vae2_2.py).
+WAN21_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+              0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]
+WAN21_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+             3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916]
+WAN22_MEAN = [-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+              0.157, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+              -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.123, -0.0313, -0.1649, 0.0117, 0.0723,
+              -0.2839, -0.2083, -0.052, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667]
+WAN22_STD = [0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.499, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+             0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+             0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+             0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.06, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744]
+LATENT_STATS = {"2.1": (WAN21_MEAN, WAN21_STD), "2.2": (WAN22_MEAN, WAN22_STD)}
+VERSION_Z_DIM = {"2.1": 16, "2.2": 48}
+VERSION_STRIDE = {"2.1": (4, 8, 8), "2.2": (4, 16, 16)}
+
+# Activation bytes per (channel x pixel x frame) of the full-resolution stage, fitted to measured peaks.
+_ACTIVATION_FACTOR = 8
+_TILE_CHOICES = (512, 384, 256, 192, 128)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Spatial tiling for one encode/decode call, in pixels (None = no tiling)."""
+
+    tile: int | None
+    """Tile height and width in pixels."""
+    stride: int | None
+    """Distance between tile starts in pixels (tile - overlap)."""
+
+
+class WanVAE:
+    """A loaded Wan VAE: normalised encode, decode, and what a cache key needs."""
+
+    def __init__(self, model, version: str, identity: str):
+        self.model = model.eval().requires_grad_(False)
+        self.version = version
+        self.identity = identity
+        self.z_dim = VERSION_Z_DIM[version]
+        self.stride = VERSION_STRIDE[version]
+        mean, std = LATENT_STATS[version]
+        self._mean_C = torch.tensor(mean, dtype=torch.float32)
+        self._std_C = torch.tensor(std, dtype=torch.float32)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> "WanVAE":
+        self.model.to(device)
+        return self
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.z_dim, 1, 1, 1)
+        return (self._mean_C.to(like.device).view(shape), self._std_C.to(like.device).view(shape))
+
+    @torch.no_grad()
+    def encode(self, video_BCFHW: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """Video in [-1, 1] (F = 4n+1) -> normalised latent mean (B, z_dim, F', H/s, W/s), float32."""
+        self._check_video(video_BCFHW)
+        _, _, frames, height, width = video_BCFHW.shape
+        self._set_tiling(self.plan_tiles(height, width, tiled, encode=True))
+        posterior = self.model.encode(video_BCFHW.to(self.device, self.dtype)).latent_dist
+        mean_BCFHW = posterior.mean.float()
+        mu, sigma = self._stats(mean_BCFHW)
+        return (mean_BCFHW - mu) / sigma
+
+    @torch.no_grad()
+    def decode(self, latents_BCFHW: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """Normalised latents -> video (B, 3, F, H, W) clamped to [-1, 1], float32."""
+        if latents_BCFHW.ndim != 5 or latents_BCFHW.shape[1] != self.z_dim:
+            raise UserError(f"latents of shape {tuple(latents_BCFHW.shape)}: the Wan {self.version} VAE decodes "
+                            f"(B, {self.z_dim}, F, H, W) latents")
+        mu, sigma = self._stats(latents_BCFHW)
+        z_BCFHW = latents_BCFHW.float() * sigma + mu
+        _, _, _, h, w = z_BCFHW.shape
+        self._set_tiling(self.plan_tiles(h * self.stride[1], w * self.stride[2], tiled, encode=False))
+        video = self.model.decode(z_BCFHW.to(self.device, self.dtype)).sample
+        return video.float().clamp_(-1.0, 1.0)
+
+    def _check_video(self, video_BCFHW: torch.Tensor) -> None:
+        s = self.stride
+        if video_BCFHW.ndim != 5 or video_BCFHW.shape[1] != 3:
+            raise UserError(f"video of shape {tuple(video_BCFHW.shape)}: expected (B, 3, F, H, W) in [-1, 1]")
+        _, _, f, h, w = video_BCFHW.shape
+        if (f - 1) % s[0] or h % s[1] or w % s[2]:
+            raise UserError(f"video of {f} frames at {h}x{w}: the Wan {self.version} VAE needs 4n+1 frames and "
+                            f"sizes that are multiples of {s[1]}")
+
+    def memory_estimate(self, height: int, width: int, dtype: torch.dtype | None = None) -> int:
+        """Estimated peak activation bytes to decode (or encode) one video chunk at height x width pixels."""
+        cfg = self.model.config
+        channels = (cfg.decoder_base_dim or cfg.base_dim) * cfg.dim_mult[0]
+        patch = cfg.patch_size or 1
+        pixels = (height // patch) * (width // patch)
+        size = torch.tensor([], dtype=dtype or self.dtype).element_size()
+        # one causal chunk is 4 frames plus 2 cached frames at full resolution
+        return _ACTIVATION_FACTOR * channels * pixels * 6 * size
+
+    def plan_tiles(self, height: int, width: int, tiled: bool | None, encode: bool = False,
+                   budget: int | None = None) -> TilePlan:
+        """Choose the tile size: none when the whole frame fits `budget` (default: free device memory)."""
+        if tiled is False:
+            return TilePlan(None, None)
+        budget = _memory_budget(self.device) if budget is None else budget
+        if tiled is None and self.memory_estimate(height, width) <= budget:
+            return TilePlan(None, None)
+        for tile in _TILE_CHOICES:
+            if self.memory_estimate(tile, tile) <= budget or tile == _TILE_CHOICES[-1]:
+                if tiled is None and tile >= max(height, width):
+                    return TilePlan(None, None)
+                return TilePlan(tile, tile * 3 // 4)
+        return TilePlan(None, None)
+
+    def _set_tiling(self, plan: TilePlan) -> None:
+        if plan.tile is None:
+            self.model.use_tiling = False
+            return
+        self.model.enable_tiling(plan.tile, plan.tile, plan.stride, plan.stride)
+        self.model.tile_sample_min_height = self.model.tile_sample_min_width = plan.tile
+        self.model.tile_sample_stride_height = self.model.tile_sample_stride_width = plan.stride
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes the VAE's activations may use on `device` (70% of what is free)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.7)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.7)
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def load_vae(path, version: str | None = None, dtype: torch.dtype = torch.float32, device="cpu") -> WanVAE:
+    """Load a Wan VAE from an official .pth, official/ComfyUI safetensors or diffusers folder/file."""
+    from diffusers import AutoencoderKLWan
+
+    path = Path(path)
+    if version not in (None, "2.1", "2.2"):
+        raise UserError(f"VAE version {version!r}: expected '2.1' or '2.2'")
+    sd = read_vae_state_dict(path)
+    cfg = vae_convert.diffusers_vae_config(sd)
+    found = {16: "2.1", 48: "2.2"}.get(cfg["z_dim"])
+    if found is None or cfg["is_residual"] != (found == "2.2"):
+        raise UserError(f"{path}: VAE with z_dim {cfg['z_dim']} is neither the Wan 2.1 (16) nor the Wan 2.2 (48) VAE")
+    if version is not None and version != found:
+        raise UserError(f"{path}: is the Wan {found} VAE (z_dim {cfg['z_dim']}) but the model needs the Wan "
+                        f"{version} VAE (z_dim {VERSION_Z_DIM[version]}); pass the matching --vae file")
+    mean, std = LATENT_STATS[found]
+    with torch.device("meta"):
+        model = AutoencoderKLWan(**cfg, latents_mean=mean, latents_std=std)
+    sd = {k: v.to(dtype) for k, v in sd.items()}
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{path}: VAE weights do not fit a Wan {found} VAE ({first})") from None
+    model.to(device)
+    return WanVAE(model, found, vae_identity(path, dtype))
+
+
+def read_vae_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """State dict of a VAE file or diffusers folder, in diffusers' `AutoencoderKLWan` names."""
+    if not path.exists():
+        raise UserError(f"{path}: no such VAE file or folder")
+    if path.is_dir():
+        folder = path / "vae" if (path / "vae").is_dir() else path
+        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")) or sorted(folder.glob("*.pth"))
+        if not files:
+            raise UserError(f"{path}: folder holds no VAE weights (*.safetensors); expected a diffusers VAE folder")
+        sd = {}
+        for f in files:
+            sd.update(_read_file(f))
+    else:
+        sd = _read_file(path)
+    sd = _strip_prefix(sd, path)
+    if vae_convert.is_official_vae(sd):
+        return vae_convert.official_to_diffusers(sd)
+    return sd
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    """Raw tensors of one .safetensors / .pth / .bin file."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise UserError(f"{path}: holds a {type(sd).__name__}, not a state dict of VAE weights")
+    return sd
+
+
+def _strip_prefix(sd: dict, path: Path) -> dict:
+    """Drop a common key prefix (e.g. `vae.`, `first_stage_model.`) in front of the VAE's names."""
+    for root in ("encoder.conv1.weight", "encoder.conv_in.weight"):
+        for key in sd:
+            if key.endswith(root) and (key == root or key[: -len(root)].endswith(".")):
+                prefix = key[: -len(root)]
+                return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    raise UserError(f"{path}: not a Wan VAE (no encoder.conv1 / encoder.conv_in weight); "
+                    f"pass Wan2.1_VAE.pth, Wan2.2_VAE.pth or a diffusers AutoencoderKLWan folder")
+
+
+def vae_identity(path: Path, dtype: torch.dtype) -> str:
+    """Stable id of a VAE file + dtype for cache keys: name, size and a hash of the first MiB."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    size = 0
+    for f in files:
+        size += f.stat().st_size
+        with open(f, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+    return f"{path.name}:{size}:{digest.hexdigest()[:16]}:{str(dtype).removeprefix('torch.')}"
