@@ -357,11 +357,14 @@ def clip_record(clip: Clip) -> dict:
     record = asdict(clip)
     record["frames"] = len(record.pop("indices"))
     record["box"] = [round(v, 2) for v in clip.box]
+    record["size"], record["bars"] = list(clip.size), list(clip.bars)
     return record
 
 
 def _short(exc: BaseException) -> str:
-    return (" ".join(str(exc).split()) or type(exc).__name__)[:200]
+    """One line for an exception; FFmpeg errors without the errno and repeated path."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return (" ".join(str(text).split()) or type(exc).__name__)[:200]
 
 
 def prep(src: Path, dst: Path, options: PrepOptions, progress: bool = True) -> dict:
