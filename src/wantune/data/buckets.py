@@ -2,7 +2,7 @@
 
 Generated buckets (as kohya/musubi): for a resolution (w, h) with area A and a pixel multiple m, every width
 from the minimum side up to sqrt(A) in steps of m, paired with the largest height (multiple of m) keeping
-the area <= A, in both orientations. An item gets the bucket with the nearest aspect ratio.
+the area <= A, in both orientations, plus the largest square. An item gets the bucket with the nearest aspect ratio.
 With `no_upscale`, a bucket never exceeds the source in either dimension: a source no larger than the
 area keeps its own size snapped down to the multiple; a larger one takes the nearest-aspect bucket among
 those that fit inside it (or, if none fits, its own aspect scaled down to the area).
@@ -35,9 +35,8 @@ def generate_buckets(resolution: Size, multiple: int, min_side: int | None = Non
         if h < lo or (max_side and h > max_side) or w * h > area:
             continue
         buckets.update({(w, h), (h, w)})
-    if not buckets:
-        side = max(multiple, snap_down(root, multiple))
-        buckets.add((side, side))
+    side = max(multiple, snap_down(root, multiple))
+    buckets.add((side, side))  # square sources keep a square bucket
     return sorted(buckets)
 
 
