@@ -111,6 +111,7 @@ def test_builds_on_meta_with_expected_structure():
     ("wan21_t2v_tiny", dict(context=(1, 600, 32)), "text context"),
     ("wan21_t2v_tiny", dict(t=(1, 5)), "timesteps of shape"),
     ("wan21_i2v_tiny", dict(clip=None), "CLIP image features"),
+    ("wan21_t2v_tiny", dict(context=(2, 7, 32)), "text context batch"),
 ])
 def test_bad_inputs_raise_user_error(fixture, shapes, match):
     model = tiny_model(fixture)
@@ -121,3 +122,31 @@ def test_bad_inputs_raise_user_error(fixture, shapes, match):
         inputs["clip_fea_BKD"] = None if "clip" in shapes else torch.zeros(1, 257, 1280)
     with pytest.raises(UserError, match=match):
         model(x, **inputs)
+
+
+def test_blocks_can_be_wrapped_for_checkpointing():
+    """`model.blocks[i]` is a self-contained callable: wrapping it in activation checkpointing changes nothing."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, *args):
+            return checkpoint(self.block, *args, use_reentrant=False)
+
+    golden = load_file(FIXTURES / "wan21_i2v_tiny.golden.safetensors")
+    args, kwargs = golden_inputs(golden)
+    model = tiny_model("wan21_i2v_tiny")
+    model(*args, **kwargs).square().mean().backward()
+    plain = {name: p.grad.clone() for name, p in model.named_parameters()}
+    assert all(g.abs().sum() > 0 for g in plain.values()), "every parameter gets a gradient"
+    model.zero_grad()
+    for i, block in enumerate(model.blocks):
+        model.blocks[i] = Checkpointed(block)
+    out = model(*args, **kwargs)
+    assert (out[0] - golden["out"]).abs().max() < 1e-4
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, plain[name.replace(".block.", ".")], atol=1e-6), name

@@ -267,5 +267,8 @@ class WanModel(nn.Module):
         if context_BLD.ndim != 3 or context_BLD.shape[1] > v.text_len or context_BLD.shape[2] != v.text_dim:
             raise UserError(f"{v.name}: text context must be (B, <= {v.text_len}, {v.text_dim}); got "
                             f"{tuple(context_BLD.shape)}")
+        if context_BLD.shape[0] != x_BCFHW.shape[0]:
+            raise UserError(f"{v.name}: text context batch {context_BLD.shape[0]} != latents batch "
+                            f"{x_BCFHW.shape[0]}; pass one context per sample")
         if v.has_image_embedding and clip_fea_BKD is None:
             raise UserError(f"{v.name}: needs CLIP image features (clip_fea); pass the encoded conditioning image")
