@@ -409,7 +409,7 @@ def _prep_one(path: Path, options: PrepOptions, videos_dir: Path, captions_dir: 
     entry.update(frames=len(analysis.times_F), fps=round(analysis.source_fps, 3), width=analysis.width,
                  height=analysis.height, duration=round(float(analysis.times_F[-1] + analysis.frame_duration), 3),
                  cuts=cuts, caption=caption is not None)
-    wanted = [c for c in clips if options.keep_flagged or not c.flags]
+    wanted = [c for c in clips if c.indices and (options.keep_flagged or not c.flags)]
     temps = encode_clips(path, wanted, options, videos_dir) if wanted else {}
     for clip in wanted:
         temp = temps.get(clip.name)
