@@ -1,0 +1,70 @@
+"""Regularisation: EMA of the trainable weights, Differential Output Preservation, LoRA on/off.
+
+DOP (AI Toolkit's idea): for each batch, a no-grad pass of the *base* model (LoRA off) on the prompt with
+the trigger replaced by the class word gives a target; the LoRA-on prediction for that same class prompt
+is pulled towards it (MSE × multiplier), so the LoRA changes the trigger's concept, not the whole class.
+
+Legend: B batch, C channels, F/H/W latent frames/height/width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from wantune.train.objective import NoisyInputs, forward_model, masked_mse_B, stack_context
+
+
+class EMA:
+    """Exponential moving average of named trainable tensors (kept in float32 on the params' device)."""
+
+    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], decay: float):
+        self.decay = decay
+        self.params = named_params
+        self.shadow = {n: p.detach().float().clone() for n, p in named_params}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, param in self.params:
+            shadow = self.shadow[name]
+            shadow.lerp_(param.detach().to(shadow.device, torch.float32), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: t.detach().cpu() for n, t in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, tensor in state.items():
+            self.shadow[name].copy_(tensor)
+
+    def to(self, device: torch.device) -> None:
+        self.shadow = {n: t.to(device) for n, t in self.shadow.items()}
+
+
+@contextlib.contextmanager
+def lora_disabled(network) -> Iterator[None]:
+    """Run the base model: every trained adapter's scale set to 0 for the duration (exact base output)."""
+    scales = {path: adapter.scale for path, adapter in network.adapters.items()}
+    try:
+        for adapter in network.adapters.values():
+            adapter.scale = 0.0
+        yield
+    finally:
+        for path, adapter in network.adapters.items():
+            adapter.scale = scales[path]
+
+
+def dop_loss(model, network, batch: dict, inputs: NoisyInputs, autocast) -> torch.Tensor:
+    """Mean MSE between the LoRA-on and the base (LoRA-off, no-grad) predictions on the class prompt."""
+    context_BLD = stack_context(batch["context_dop"]).to(inputs.x_BCFHW.device)
+    with torch.no_grad(), lora_disabled(network), autocast():
+        base_BCFHW = forward_model(model, batch, inputs, context_BLD)
+    with autocast():
+        pred_BCFHW = forward_model(model, batch, inputs, context_BLD)
+    return masked_mse_B(pred_BCFHW, base_BCFHW, inputs.mask_BCFHW).mean()
+
+
+def replace_trigger(caption: str, trigger: str, class_word: str) -> str:
+    """The caption with the trigger word replaced by the class word (the DOP preservation prompt)."""
+    return caption.replace(trigger, class_word)
