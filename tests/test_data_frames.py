@@ -22,6 +22,7 @@ def test_documented_windows():
     assert frame_windows(50, "full", [1], max_frames=33) == [(0, 33)]
     assert frame_windows(3, "full", [1]) == [(0, 1)]
     assert frame_windows(8, "slide", [9]) == []
+    assert frame_windows(9, "uniform", [9], frame_sample=3) == [(0, 9)]  # coinciding windows kept once
 
 
 def test_resampling_keeps_duration():

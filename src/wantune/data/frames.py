@@ -11,7 +11,8 @@
    - slide: windows starting every `frame_stride` frames, for each target n;
    - uniform: `frame_sample` windows with starts spread evenly over [0, length - n] (int of linspace);
    - full: one window (0, m) with m = min(length, max_frames) rounded down to 4n+1.
-   A target longer than the clip gives no window for that target.
+   A target longer than the clip gives no window for that target; repeated windows (uniform on a clip
+   exactly one window long) are kept once.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def frame_windows(length: int, mode: str, target_frames: list[int], frame_stride
             windows.extend((start, n) for start in _linspace_int(0, length - n, frame_sample))
         else:
             raise ValueError(f"unknown frame_extraction {mode!r}; use one of {', '.join(EXTRACTION_MODES)}")
-    return windows
+    return list(dict.fromkeys(windows))
 
 
 def _linspace_int(lo: int, hi: int, count: int) -> list[int]:
