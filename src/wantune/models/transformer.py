@@ -42,7 +42,8 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 def linear_float32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`layer(x)` computed in float32 whatever the weights' dtype (official float32 autocast regions)."""
     bias = None if layer.bias is None else layer.bias.float()
-    return F.linear(x.float(), layer.weight.float(), bias)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.float(), layer.weight.float(), bias)
 
 
 class WanRMSNorm(nn.Module):
