@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 
 def register(subparsers) -> None:
@@ -24,5 +25,11 @@ def run_inspect(args) -> int:
     if args.variant:
         check_fits(args.path, args.variant)
         info["fits"] = args.variant
-    print(json.dumps(info, indent=2))
+    print(dumps(info))
     return 0
+
+
+def dumps(data: dict) -> str:
+    """Indented JSON with short lists (shapes, candidates) kept on one line."""
+    text = json.dumps(data, indent=2)
+    return re.sub(r"\[([^\[\]{}]*)\]", lambda m: "[" + re.sub(r"\s*\n\s*", " ", m.group(1)).strip() + "]", text)

@@ -172,7 +172,8 @@ def _expert_folders(folder: Path) -> dict[str, Path]:
 
 
 def _has_own_weights(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors.index.json")) or any(folder.glob("diffusion_pytorch_model*.safetensors"))
+    return (any(folder.glob("*.safetensors.index.json")) or any(folder.glob("diffusion_pytorch_model*.safetensors"))
+            or (folder / "model.safetensors").exists())
 
 
 def _components(folder: Path) -> list[dict]:
@@ -191,7 +192,7 @@ def _components(folder: Path) -> list[dict]:
 
 
 def _is_transformer_file(file: Path) -> bool:
-    return file.name.startswith("diffusion_pytorch_model")
+    return file.name.startswith(("diffusion_pytorch_model", "model.safetensors", "model-0"))
 
 
 def _describe_component(path: Path) -> dict:
