@@ -86,3 +86,22 @@ def test_float_image_and_truncated_image_are_refused(tmp_path):
     (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="unreadable image"):
         probe(tmp_path / "t.png")
+
+
+def test_10_bit_video_is_decoded_to_8_bit(tmp_path):
+    import av
+
+    path = tmp_path / "deep.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=16)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p10le"
+        for frame_HWC in numbered_frames(9):
+            frame = av.VideoFrame.from_ndarray(frame_HWC, format="rgb24").reformat(format="yuv420p10le")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    info = probe(path)
+    assert info.pixel_format == "yuv420p10le" and info.notes == ("yuv420p10le video: converted to 8-bit RGB",)
+    frames = read_frames(path)
+    assert frames.dtype == np.uint8 and frame_numbers(frames) == list(range(9))

@@ -138,6 +138,10 @@ def _notes(cfg: DatasetConfig, result: ScanResult, model_fps: int) -> list[str]:
         notes.append("caption dropout 5-10% is typical, but use 0 when text embeddings are cached")
     if any(s.num_frames > 81 for s in result.samples):
         notes.append("windows longer than 81 frames: the guides use 41 to start and 81 at most")
+    upscaled = [s for s in result.samples if s.bucket[0] * s.bucket[1] > 2 * s.source_size[0] * s.source_size[1]]
+    if upscaled:
+        notes.append(f"{len({s.path for s in upscaled})} file(s) upscaled more than 2x in area to their bucket; "
+                     f"use bucket_no_upscale = true or a lower resolution")
     short = [s for s in result.skipped if s.reason.startswith("clip too short for")]
     if short:
         notes.append(f"{len(short)} window target(s) dropped because clips are a few frames short; trim targets "
@@ -159,7 +163,7 @@ def format_report(report: CheckReport) -> str:
         timing = f"{f['frames']} frames @ {f['fps']:g} fps = {f['duration']:.2f}s" if f["kind"] == "video" else "image"
         notes = f"  [{'; '.join(f['notes'])}]" if f.get("notes") else ""
         lines.append(f"  {f['path']}: {f['width']}x{f['height']} {timing}, caption {f['caption'] or 'none'}, "
-                     f"{f['samples']} samples -> {', '.join(f['buckets']) or '-'}{notes}")
+                     f"{f['samples']} sample(s) -> {', '.join(f['buckets']) or '-'}{notes}")
     lines += ["", "buckets (width x height x frames: samples per epoch):"]
     lines += [f"  {key}: {count}" for key, count in report.buckets.items()] or ["  none"]
     lines += ["", f"skipped ({len(report.skipped)}):"]
