@@ -69,7 +69,7 @@ def lr_multiplier(step: int, *, name: str, warmup: int, total: int, cycles: int 
     if name == "constant":
         return 1.0
     if step < warmup:
-        return (step + 1) / (warmup + 1)
+        return step / max(1, warmup)
     if name == "constant_with_warmup":
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
