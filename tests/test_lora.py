@@ -95,6 +95,11 @@ def test_targets_include_exclude():
         apply_lora(tiny_model(), 2, 2, include="nothing-here")
     with pytest.raises(UserError, match="regex"):
         apply_lora(tiny_model(), 2, 2, exclude="(")
+    with pytest.raises(UserError, match="already carries a trainable LoRA"):
+        apply_lora(t2v, 2, 2)
+    network.remove()
+    assert type(t2v.blocks[1].self_attn.q) is torch.nn.Linear
+    assert set(t2v.state_dict()) == set(tiny_model().state_dict())
 
 
 def test_lora_output_equals_base_plus_scaled_delta():

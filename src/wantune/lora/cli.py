@@ -60,10 +60,10 @@ def run_merge(args: argparse.Namespace) -> int:
     from wantune.lora.merge import merge_into_state_dict, read_base_state_dict, write_checkpoint
 
     loras = [(load_lora(path), strength) for path, strength in map(parse_lora_arg, args.lora)]
-    state_dict, metadata = read_base_state_dict(args.model)
+    state_dict = read_base_state_dict(args.model)
     for weights, strength in loras:
         merge_into_state_dict(state_dict, weights, strength)
-    metadata["wantune.merged_loras"] = json.dumps([[w.source, s] for w, s in loras])
+    metadata = {"format": "pt", "wantune.merged_loras": json.dumps([[w.source, s] for w, s in loras])}
     out = write_checkpoint(args.out, state_dict, metadata)
     print(f"wrote {out} ({len(loras)} LoRA(s) merged)")
     return 0

@@ -104,11 +104,18 @@ def _next_stack_index(model: nn.Module) -> int:
     return max(used, default=-1) + 1
 
 
-def read_base_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(official-named state dict in the file's dtype, metadata) of a base transformer checkpoint."""
-    from wantune.models.checkpoint import read_state_dict
+def read_base_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Official-named state dict of one base transformer, in the file's dtype (fp8_scaled is dequantised)."""
+    from wantune.models.checkpoint import read_state_dict, transformer_location
+    from wantune.models.formats import WeightFiles
 
-    return read_state_dict(path), {}
+    weights = WeightFiles.open(transformer_location(path))
+    kind, naming = weights.kind_and_naming
+    if kind != "transformer":
+        raise UserError(f"{path}: holds {kind} weights ({naming} names), not a Wan transformer; pass the base model")
+    state_dict = read_state_dict(weights)
+    weights.close()
+    return state_dict
 
 
 def write_checkpoint(path: str, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:

@@ -169,6 +169,8 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     if not 0.0 <= dropout < 1.0:
         raise UserError(f"LoRA dropout must be in [0, 1) (got {dropout})")
     chosen = list(iter_linear_targets(model, targets, include, exclude))
+    if any(isinstance(linear, LoRALinear) and TRAIN_ADAPTER in linear.adapters for _, linear in chosen):
+        raise UserError("the model already carries a trainable LoRA; call network.remove() before applying another")
     if not chosen:
         raise UserError("no Linear layer matches the LoRA targets/include/exclude; loosen the filters")
     model.requires_grad_(False)
