@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from test_data_helpers import frame_numbers, numbered_frames, numbered_video
-from wantune.data.video import probe, read_frames, read_image, read_metadata, write_video
+from wantune.data.video import _read_after_seek, probe, read_frames, read_image, read_metadata, write_video
 from wantune.errors import UserError
 
 
@@ -105,3 +105,13 @@ def test_10_bit_video_is_decoded_to_8_bit(tmp_path):
     assert info.pixel_format == "yuv420p10le" and info.notes == ("yuv420p10le video: converted to 8-bit RGB",)
     frames = read_frames(path)
     assert frames.dtype == np.uint8 and frame_numbers(frames) == list(range(9))
+
+
+@pytest.mark.parametrize("codec,suffix", [("libx264", ".mp4"), ("mpeg4", ".mkv"), ("libvpx-vp9", ".webm")])
+def test_seeking_reads_the_same_frames_as_decoding_from_the_start(tmp_path, codec, suffix):
+    path = numbered_video(tmp_path / f"long{suffix}", 200, 30, codec=codec, height=32, width=32)
+    wanted = [150, 151, 199, 160, 150]
+    assert frame_numbers(read_frames(path, wanted)) == wanted
+    assert frame_numbers(read_frames(path, [60, 61, 62])) == [60, 61, 62]
+    sought = _read_after_seek(path, {150, 199})  # the seek path itself, not its fallback
+    assert sorted(sought) == [150, 199] and frame_numbers(np.stack([sought[150], sought[199]])) == [150, 199]

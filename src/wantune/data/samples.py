@@ -124,6 +124,7 @@ def scan(cfg: DatasetConfig, strict: bool | None = None) -> ScanResult:
     variant = get_variant(cfg.variant)
     result = ScanResult()
     seen: dict[str, Path] = {}
+    memo: dict[Path, MediaInfo | UserError] = {}
     for entry, label in zip(cfg.datasets, dataset_labels(cfg)):
         before_samples, before_skips = len(result.samples), len(result.skipped)
         items, problems = list_media(entry)
@@ -131,7 +132,7 @@ def scan(cfg: DatasetConfig, strict: bool | None = None) -> ScanResult:
         for item in items:
             record = FileRecord(item.path, label)
             result.files.append(record)
-            samples, skips = _item_samples(item, entry, variant, record)
+            samples, skips = _item_samples(item, entry, variant, record, memo)
             samples = _dedupe(samples, seen, skips)
             result.samples.extend(samples)
             _record_skips(result, skips, label)
@@ -167,10 +168,22 @@ def _dedupe(samples: list[Sample], seen: dict[str, Path], skips: list[Skipped]) 
     return kept
 
 
-def _item_samples(item: MediaItem, entry: DatasetEntry, variant, record: FileRecord
+def _probe_once(path: Path, memo: dict) -> MediaInfo:
+    """probe(path), once per scan even when several entries share a file."""
+    if path not in memo:
+        try:
+            memo[path] = probe(path)
+        except UserError as exc:
+            memo[path] = exc
+    if isinstance(memo[path], UserError):
+        raise memo[path]
+    return memo[path]
+
+
+def _item_samples(item: MediaItem, entry: DatasetEntry, variant, record: FileRecord, memo: dict
                   ) -> tuple[list[Sample], list[Skipped]]:
     try:
-        info = probe(item.path)
+        info = _probe_once(item.path, memo)
     except UserError as exc:
         return [], [Skipped(item.path, _strip_path(str(exc), item.path))]
     if info.kind == "video" and entry.source_fps:

@@ -2,7 +2,8 @@
 
 Folders: the files directly in `path`, plus those in `path/images` and `path/videos` when present (the
 sibling layout with `path/captions`). Hidden files and caption files are ignored; other files that are
-neither image nor video are reported. JSONL: one object per line with "path" (relative to the JSONL's
+neither image nor video are reported; `kind = "images"` / `"videos"` keeps one kind and leaves the
+other out. JSONL: one object per line with "path" (relative to the JSONL's
 folder), optional "caption" and optional "control".
 """
 
@@ -99,14 +100,9 @@ def _relative(base: Path, value: str) -> Path:
 
 def _filter_kind(items: list[MediaItem], problems: list[Problem], kind: str
                  ) -> tuple[list[MediaItem], list[Problem]]:
+    """kind = images / videos: keep that kind only; files of the other kind are left out silently, so two
+    entries can share one folder (and its captions/), one for its images and one for its videos."""
     if kind not in ("images", "videos"):
         return items, problems
     wanted = kind[:-1]
-    kept = []
-    for item in items:
-        actual = media_kind(item.path)
-        if actual is None or actual == wanted:
-            kept.append(item)
-        else:
-            problems.append((item.path, f"{actual} file in a kind = \"{kind}\" dataset"))
-    return kept, problems
+    return [item for item in items if media_kind(item.path) == wanted], problems

@@ -123,37 +123,80 @@ def _video_notes(pix_fmt: str) -> tuple[str, ...]:
     return ()
 
 
+SEEK_AFTER = 48
+"""read_frames seeks (to the keyframe before the first wanted frame) only when that frame is at least this far in."""
+
+
 def read_frames(path: str | Path, indices: list[int] | tuple[int, ...] | None = None) -> np.ndarray:
     """Decoded RGB frames `frames_FHWC` uint8 at the given frame indices (repeats allowed), or all."""
     import av
 
     path = Path(path)
     wanted = None if indices is None else set(indices)
-    last = max(wanted) if wanted else None
     found: dict[int, np.ndarray] = {}
-    ordered: list[np.ndarray] = []
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if wanted is None:
-                    ordered.append(frame.to_ndarray(format="rgb24"))
-                elif i in wanted:
-                    found[i] = frame.to_ndarray(format="rgb24")
-                if last is not None and i >= last:
-                    break
+        if wanted and min(wanted) >= SEEK_AFTER:
+            found = _read_after_seek(path, wanted)
+        if wanted is None or not found:
+            found = _read_sequential(path, wanted)
     except (av.error.FFmpegError, ValueError, IndexError, OSError) as exc:
         raise UserError(f"{path}: unreadable video ({_short(exc)})") from None
     if wanted is None:
-        if not ordered:
+        if not found:
             raise UserError(f"{path}: no decodable video frame")
-        return np.stack(ordered)
+        return np.stack([found[i] for i in sorted(found)])
     missing = sorted(wanted - found.keys())
     if missing:
-        raise UserError(f"{path}: frame {missing[0]} cannot be decoded ({len(found)} of the requested "
-                        f"{len(wanted)} frames decoded); the file is truncated or its frame count is wrong")
+        raise UserError(f"{path}: frame {missing[0]} cannot be decoded ({len(wanted) - len(missing)} of the "
+                        f"requested {len(wanted)} frames decoded); the file is truncated or its frame count is wrong")
     return np.stack([found[i] for i in indices])
+
+
+def _read_sequential(path: Path, wanted: set[int] | None) -> dict[int, np.ndarray]:
+    import av
+
+    found = {}
+    last = max(wanted) if wanted else None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if wanted is None or i in wanted:
+                found[i] = frame.to_ndarray(format="rgb24")
+            if last is not None and i >= last:
+                break
+    return found
+
+
+def _read_after_seek(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
+    """Frames after seeking near the first wanted one, indexed from the first frame's timestamp; {} when the
+    timestamps do not give whole frame indices (variable frame rate) so the caller decodes from the start."""
+    import av
+
+    first, last = min(wanted), max(wanted)
+    found = {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate, base, start = stream.average_rate, stream.time_base, stream.start_time or 0
+        if not rate or not base:
+            return {}
+        container.seek(start + int((first - 1) / rate / base), stream=stream, backward=True)
+        index = None
+        for frame in container.decode(stream):
+            if index is None:
+                if frame.pts is None:
+                    return {}
+                position = float((frame.pts - start) * base * rate)
+                if abs(position - round(position)) > 0.1 or round(position) > first:
+                    return {}
+                index = round(position)
+            if index in wanted:
+                found[index] = frame.to_ndarray(format="rgb24")
+            if index >= last:
+                break
+            index += 1
+    return found
 
 
 def write_video(path: str | Path, frames_FHWC: np.ndarray, fps: float, metadata: dict | None = None,
