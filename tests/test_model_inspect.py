@@ -230,3 +230,31 @@ def test_subprocess_no_traceback(tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip() == (f"error: wan2.1-i2v-14b expects 36 input channels; {path} has 16 "
                                   "(a T2V checkpoint)")
+
+
+def test_clip_and_lora_files_named(tmp_path, capsys):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=28, patch_size=14, projection_dim=16)
+    CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "image_encoder")
+    info = inspect(tmp_path / "image_encoder", capsys)
+    assert (info["kind"], info["format"]) == ("clip", "hf")
+    save_file({"visual.transformer.0.attn.to_qkv.weight": torch.zeros(96, 32), "log_scale": torch.zeros(())},
+              tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors")
+    info = inspect(tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors", capsys)
+    assert (info["kind"], info["format"]) == ("clip", "official")
+    a, b = torch.zeros(4, 64), torch.zeros(64, 4)
+    layouts = {
+        "comfyui": {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": a,
+                    "diffusion_model.blocks.0.self_attn.q.lora_B.weight": b},
+        "kohya": {"lora_unet_blocks_0_self_attn_q.lora_down.weight": a,
+                  "lora_unet_blocks_0_self_attn_q.lora_up.weight": b, "lora_unet_blocks_0_self_attn_q.alpha":
+                  torch.tensor(4.0)},
+        "diffusers": {"transformer.blocks.0.attn1.to_q.lora_A.weight": a,
+                      "transformer.blocks.0.attn1.to_q.lora_B.weight": b},
+    }
+    for layout, state in layouts.items():
+        save_file(state, tmp_path / f"{layout}.safetensors")
+        info = inspect(tmp_path / f"{layout}.safetensors", capsys)
+        assert (info["kind"], info["format"], info["parameters"]) == ("lora", layout, 512 + (layout == "kohya"))

@@ -54,8 +54,9 @@ def transformer_location(path: str | Path) -> Path:
     if is_expert_folder(path):
         raise UserError(f"{path}: holds two A14B experts ({'/, '.join(EXPERT_FOLDERS)}/); load them as a pair "
                         "(load_expert_pair, or --model with --model-low) or name one expert's folder")
-    if path.is_dir() and (path / "model_index.json").exists() and (path / "transformer").is_dir():
-        return path / "transformer"
+    own_weights = any(path.glob("*.safetensors.index.json")) or any(path.glob("diffusion_pytorch_model*"))
+    if path.is_dir() and not own_weights and (path / "transformer").is_dir():
+        return path / "transformer"  # a diffusers pipeline folder
     return path
 
 
