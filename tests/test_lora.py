@@ -251,3 +251,36 @@ def test_bad_lora_inputs_raise_one_line_errors(tmp_path):
         attach_loras(model, [(i2v_lora, 1.0)])
     with pytest.raises(UserError, match="unknown LoRA format"):
         write_lora(tmp_path / "x.safetensors", i2v_lora, "onnx")
+
+
+def test_other_spellings_read_to_the_same_weights(tmp_path):
+    """No prefix + lora_down/lora_up + .alpha (comfyui-ish), and diffusers with .alpha, read like the original."""
+    network = random_lora(tiny_model(), rank=4, alpha=4, targets=["self_attn.o", "ffn.2"])
+    modules = network.lora_weights()
+    plain, diffusers_sd = {}, from_canonical(modules, "diffusers")
+    for path, (a, b) in modules.items():
+        plain[f"{path}.lora_down.weight"], plain[f"{path}.lora_up.weight"] = a, b * 2
+        plain[f"{path}.alpha"] = torch.tensor(2.0)  # scale 2 / 4 on a doubled B: the same product
+    for key in [k for k in diffusers_sd if k.endswith(".lora_A.weight")]:
+        diffusers_sd[key.replace(".lora_A.weight", ".alpha")] = torch.tensor(4.0)
+    for name, sd in [("plain", plain), ("diffusers", diffusers_sd)]:
+        save_file(sd, str(tmp_path / f"{name}.safetensors"))
+        back = load_lora(tmp_path / f"{name}.safetensors")
+        assert back.modules.keys() == modules.keys()
+        for path, (a, b) in modules.items():
+            torch.testing.assert_close(back.modules[path][1] @ back.modules[path][0], b @ a, rtol=1e-6, atol=1e-7)
+
+
+def test_lora_outside_the_blocks_merges_but_does_not_stack(tmp_path):
+    model = tiny_model()
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2, 64, generator=g), torch.randn(64, 2, generator=g)
+    save_file({"diffusion_model.head.head.lora_A.weight": a, "diffusion_model.head.head.lora_B.weight": b},
+              str(tmp_path / "head.safetensors"))
+    weights = load_lora(tmp_path / "head.safetensors")
+    assert list(weights.modules) == ["head.head"]
+    with pytest.raises(UserError, match="outside the transformer blocks"):
+        attach_loras(model, [(weights, 1.0)])
+    expected = model.head.head.weight.detach() + 0.5 * b @ a
+    merge_lora(model, weights, 0.5)
+    torch.testing.assert_close(model.head.head.weight.detach(), expected)
