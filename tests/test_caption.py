@@ -216,3 +216,60 @@ def test_compose_templates():
     assert compose("a cat", CaptionOptions(prefix="{trigger} style. ")) == "[trigger] style. a cat"
     assert compose("a cat", CaptionOptions(prefix="Ghibli style. ", trigger="frung")) == "Ghibli style. frung, a cat"
     assert compose("a cat", CaptionOptions(trigger="frung", template="{caption}, by {trigger}")) == "a cat, by frung"
+
+
+def tiny_vlm(folder: Path) -> Path:
+    """A tiny random Llava (CLIP vision + Llama text) with a word-level tokenizer, saved like a hub folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:"] + [f"w{i}" for i in range(57)]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<image>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    chat = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+            "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+            "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 16},
+                                                                  crop_size={"height": 16, "width": 16}),
+                               tokenizer=tokenizer, patch_size=8, chat_template=chat, image_token="<image>",
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=16, patch_size=8, projection_dim=16),
+        text_config=LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128),
+        image_token_index=vocab["<image>"], vision_feature_layer=-1)
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow  # importing the Llava classes takes ~10 s on 2 cores
+def test_local_transformers_model_matches_direct_generate(tmp_path, monkeypatch, capsys):
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model_dir = tiny_vlm(tmp_path / "vlm")
+    data = tmp_path / "imgs"
+    data.mkdir()
+    solid(40, 30, (220, 20, 30)).save(data / "red.png")
+    rc = run(["caption", str(data), "--local-model", str(model_dir), "--instruction", "w1 w2 w3",
+              "--max-tokens", "6", "--prefix", "w9 ", "--no-progress"], monkeypatch)
+    assert rc == 0, capsys.readouterr().err
+    # oracle: the same weights driven by hand (prompt written out, no chat template)
+    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True).eval()
+    inputs = processor(text="USER: <image> w1 w2 w3 ASSISTANT:", images=[Image.open(data / "red.png")],
+                       return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert expected
+    assert (data / "red.txt").read_text() == f"w9 {expected}\n"
