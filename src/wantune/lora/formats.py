@@ -31,6 +31,8 @@ _UP = {"lora_A": "A", "lora_down": "A", "lora_B": "B", "lora_up": "B"}
 _KOHYA_SUFFIX = {name.replace(".", "_"): name for name in BLOCK_TARGETS}
 _KOHYA_OTHER = {name.replace(".", "_"): name for name in OTHER_LINEARS}
 _KOHYA_BLOCK = re.compile(r"^blocks_(\d+)_(.+)$")
+_DIFFUSERS_PREFIXES = ("transformer.", "base_model.model.")
+_DIFFUSERS_PARTS = (".attn1.", ".attn2.", ".ffn.net.", "condition_embedder.", "proj_out.")
 
 
 @dataclass
@@ -68,7 +70,7 @@ def detect_format(keys: list[str], source: str) -> str:
         raise UserError(f"{source}: holds no tensors; not a LoRA file")
     if any(k.startswith("lora_unet_") for k in keys):
         return "kohya"
-    if any(k.startswith("transformer.") or ".attn1." in k or ".attn2." in k for k in keys):
+    if any(k.startswith(_DIFFUSERS_PREFIXES) or any(part in k for part in _DIFFUSERS_PARTS) for k in keys):
         return "diffusers"
     return "comfyui"
 
@@ -120,7 +122,7 @@ def _module_path(name: str, fmt: str, key: str, source: str) -> str:
     if fmt == "kohya":
         path = _kohya_to_official(name.removeprefix("lora_unet_"))
     elif fmt == "diffusers":
-        path = _diffusers_to_official(name.removeprefix("transformer."))
+        path = _diffusers_to_official(name.removeprefix("base_model.model.").removeprefix("transformer."))
     else:
         path = name.removeprefix("model.").removeprefix("diffusion_model.")
     if path is None or not is_known_linear(path):
