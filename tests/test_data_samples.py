@@ -158,3 +158,18 @@ def test_strict_raises_naming_the_first_bad_file(tmp_path):
     with pytest.raises(UserError, match=r"b.png: empty file \(0 bytes\) \(strict dataset"):
         enumerate_samples(cfg)
     assert len(enumerate_samples(cfg, strict=False)[0]) == 1
+
+
+def test_run_config_pointing_at_a_dataset_file(tmp_path):
+    (tmp_path / "d").mkdir()
+    solid_image(tmp_path / "d" / "a.png")
+    (tmp_path / "data.toml").write_text('variant = "wan2.1-t2v-14b"\n[[datasets]]\npath = "d"\n'
+                                        'default_caption = "x"\n')
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "run.toml").write_text('[model]\nvariant = "wan2.2-ti2v-5b"\n'
+                                                '[data]\ndataset_config = "../data.toml"\n')
+    cfg = load_dataset_config(tmp_path / "runs" / "run.toml")
+    assert cfg.variant == "wan2.2-ti2v-5b" and cfg.datasets[0].path == tmp_path / "d"
+    (tmp_path / "runs" / "empty.toml").write_text("[model]\nvariant = 'wan2.2-ti2v-5b'\n")
+    with pytest.raises(UserError, match="no \\[\\[datasets\\]\\] entries"):
+        load_dataset_config(tmp_path / "runs" / "empty.toml")

@@ -34,6 +34,10 @@ def test_read_frames_past_the_end_is_user_error(tmp_path):
 def test_write_video_rejects_wrong_dtype(tmp_path):
     with pytest.raises(UserError, match="uint8 frames"):
         write_video(tmp_path / "x.mp4", np.zeros((2, 16, 16, 3), np.float32), 16)
+    with pytest.raises(UserError, match="63x47 frames cannot be encoded as libx264"):
+        write_video(tmp_path / "x.mp4", np.zeros((2, 47, 63, 3), np.uint8), 16)
+    odd = write_video(tmp_path / "odd.mkv", numbered_frames(3, 47, 63), 16, codec="ffv1")
+    assert probe(odd).width == 63 and frame_numbers(read_frames(odd)) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("content,reason", [(b"", "empty file"), (b"not a video at all" * 50, "unreadable video")])

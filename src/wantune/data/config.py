@@ -158,7 +158,8 @@ def _snap(value: int, multiple: int) -> int:
 
 def load_dataset_config(path: str | Path, overrides: list[str] | None = None,
                         variant: str | None = None) -> DatasetConfig:
-    """Read the dataset part of a TOML file (a dataset file or a whole run config); resolve relative paths."""
+    """Read the dataset part of a TOML file: a dataset file, a run config holding `[[datasets]]`, or a run
+    config whose `[data] dataset_config` names one (its `[model] variant` then wins); resolve relative paths."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
@@ -166,11 +167,18 @@ def load_dataset_config(path: str | Path, overrides: list[str] | None = None,
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML ({exc}); fix the file") from None
-    if "datasets" not in data:
-        raise UserError(f"{path}: no [[datasets]] entries; add at least one with a path")
-    picked = {"datasets": data["datasets"]}
     model = data.get("model")
-    name = data.get("variant") or (model.get("variant") if isinstance(model, dict) else None)
+    run_variant = model.get("variant") if isinstance(model, dict) else None
+    if "datasets" not in data:
+        section = data.get("data")
+        ref = section.get("dataset_config") if isinstance(section, dict) else None
+        if isinstance(ref, str):  # a run config pointing at its dataset TOML
+            target = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+            return load_dataset_config(target, overrides, variant=variant or run_variant)
+        raise UserError(f"{path}: no [[datasets]] entries (nor [data] dataset_config); add at least one "
+                        f"[[datasets]] with a path")
+    picked = {"datasets": data["datasets"]}
+    name = data.get("variant") or run_variant
     if variant or name:
         picked["variant"] = variant or name
     if isinstance(data.get("seed"), int):

@@ -210,6 +210,9 @@ def write_video(path: str | Path, frames_FHWC: np.ndarray, fps: float, metadata:
         raise UserError(f"{path}: write_video needs uint8 frames (F, H, W, 3), got "
                         f"{frames_FHWC.dtype} {tuple(frames_FHWC.shape)}")
     height, width = frames_FHWC.shape[1:3]
+    if codec != "ffv1" and (height % 2 or width % 2):
+        raise UserError(f"{path}: {width}x{height} frames cannot be encoded as {codec} (yuv420p needs even "
+                        f"sizes); crop to {width // 2 * 2}x{height // 2 * 2} or use codec='ffv1'")
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
