@@ -36,13 +36,16 @@ def _bad_folder(root: Path) -> dict[str, str]:
     (root / "half.png").write_bytes(half[: len(half) // 2])
     solid_image(root / "nocaption.png", value=33)
     (root / "notes.pdf").write_bytes(b"%PDF")
+    solid_image(root / "latin1.png", value=34)
+    (root / "latin1.txt").write_bytes("café".encode("latin-1"))
     for name in ("good", "short", "truncated", "cmyk", "deep16", "alpha", "odd", "tiny", "float", "half",
                  "corrupt", "zero"):
         (root / f"{name}.txt").write_text(f"a {name} sample")
     return {"corrupt.mp4": "unreadable video", "zero.mp4": "empty file (0 bytes)",
             "zero.png": "empty file (0 bytes)", "short.mp4": "clip too short: 5 frames at 16 fps",
             "truncated.mp4": "video", "tiny.png": "too small", "float.tif": "32-bit float",
-            "half.png": "unreadable image", "nocaption.png": "no caption", "notes.pdf": "not an image or video"}
+            "half.png": "unreadable image", "nocaption.png": "no caption", "notes.pdf": "not an image or video",
+            "latin1.png": "caption is not UTF-8"}
 
 
 def test_check_names_every_bad_input_with_its_reason(tmp_path, capsys):

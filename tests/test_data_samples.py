@@ -56,7 +56,8 @@ def test_jsonl_list_with_inline_captions_and_controls(tmp_path):
     numbered_video(tmp_path / "media" / "v.mp4", 17, 16)
     solid_image(tmp_path / "media" / "ctrl.png", value=10)
     rows = [{"path": "media/v.mp4", "caption": "a [trigger] clip", "control": "media/ctrl.png"},
-            {"path": "media/missing.mp4", "caption": "x"}]
+            {"path": "media/missing.mp4", "caption": "x"},
+            {"path": "media/v.mp4", "caption": "other", "control": "media/nope.png"}]
     lines = [json.dumps(r) for r in rows] + ["{not json", json.dumps({"path": "media/v.mp4", "colour": 1})]
     (tmp_path / "list.jsonl").write_text("\n".join(lines) + "\n")
     cfg = _cfg(DatasetEntry(tmp_path / "list.jsonl", trigger="T", target_frames=[17],
@@ -68,8 +69,9 @@ def test_jsonl_list_with_inline_captions_and_controls(tmp_path):
     assert control.shape == (3, 1, 48, 64) and float(control.mean()) == pytest.approx(10 / 127.5 - 1, abs=0.02)
     reasons = [s.reason for s in skipped]
     assert any("file not found" in r for r in reasons)
-    assert any(str(s.path).endswith("list.jsonl:3") and "not valid JSON" in s.reason for s in skipped)
-    assert any(str(s.path).endswith("list.jsonl:4") and "unknown key(s) colour" in s.reason for s in skipped)
+    assert any(str(s.path).endswith("list.jsonl:4") and "not valid JSON" in s.reason for s in skipped)
+    assert any(str(s.path).endswith("list.jsonl:5") and "unknown key(s) colour" in s.reason for s in skipped)
+    assert any(r.startswith("control ") and "nope.png: file not found" in r for r in reasons)
 
 
 @pytest.mark.parametrize("variant,expected", [("wan2.1-t2v-1.3b", ()), ("wan2.1-i2v-14b", (0,)),

@@ -184,23 +184,20 @@ def _item_samples(item: MediaItem, entry: DatasetEntry, variant, record: FileRec
                   ) -> tuple[list[Sample], list[Skipped]]:
     try:
         info = _probe_once(item.path, memo)
+        if info.kind == "video" and entry.source_fps:
+            info = replace(info, fps=float(entry.source_fps))
+        record.info = info
+        caption = find_caption(item.path, entry.caption_extension, entry.default_caption, entry.trigger,
+                               item.caption)
+        if caption is None:
+            raise UserError(missing_caption_reason(item.path, entry.caption_extension))
+        record.caption_source = caption.source
+        bucket = _bucket_for(info, entry, variant.pixel_multiple)
+        control_path = _control_for(item, entry, memo)
+        identity = source_identity(item.path)
     except UserError as exc:
         return [], [Skipped(item.path, _strip_path(str(exc), item.path))]
-    if info.kind == "video" and entry.source_fps:
-        info = replace(info, fps=float(entry.source_fps))
-    record.info = info
-    caption = find_caption(item.path, entry.caption_extension, entry.default_caption, entry.trigger, item.caption)
-    if caption is None:
-        return [], [Skipped(item.path, missing_caption_reason(item.path, entry.caption_extension))]
-    record.caption_source = caption.source
-    bucket, why = _bucket_for(info, entry, variant.pixel_multiple)
-    if bucket is None:
-        return [], [Skipped(item.path, why)]
-    control_path = item.control or _control_file(item.path, entry)
-    if entry.control_path is not None and control_path is None:
-        return [], [Skipped(item.path, f"no control file for it in {entry.control_path}")]
     windows, skips = _windows(info, entry, variant.fps)
-    identity = source_identity(item.path)
     control_id = source_identity(control_path) if control_path else ""
     samples = []
     for frame_indices in windows:
@@ -212,6 +209,20 @@ def _item_samples(item: MediaItem, entry: DatasetEntry, variant, record: FileRec
             entry.flip_x, entry.flip_y, entry.num_repeats, record.dataset))
     record.samples, record.buckets = len(samples), [bucket] if samples else []
     return samples, skips
+
+
+def _control_for(item: MediaItem, entry: DatasetEntry, memo: dict) -> Path | None:
+    """The item's control file (JSONL column, else control_path), checked readable; None without one."""
+    control = item.control or _control_file(item.path, entry)
+    if control is None:
+        if entry.control_path is not None:
+            raise UserError(f"no control file for it in {entry.control_path}")
+        return None
+    try:
+        _probe_once(control, memo)
+    except UserError as exc:
+        raise UserError(f"control {exc}") from None
+    return control
 
 
 def _strip_path(message: str, path: Path) -> str:
@@ -233,10 +244,10 @@ def _windows(info: MediaInfo, entry: DatasetEntry, model_fps: int) -> tuple[list
     return [tuple(timeline[start:start + n]) for start, n in spans], skips
 
 
-def _bucket_for(info: MediaInfo, entry: DatasetEntry, multiple: int) -> tuple[tuple[int, int] | None, str]:
+def _bucket_for(info: MediaInfo, entry: DatasetEntry, multiple: int) -> tuple[int, int]:
     size = (info.width, info.height)
     if min(size) < multiple:
-        return None, f"{size[0]}x{size[1]} is too small: a side is under the {multiple} px pixel multiple"
+        raise UserError(f"{size[0]}x{size[1]} is too small: a side is under the {multiple} px pixel multiple")
     if not entry.enable_bucket:
         buckets, generated = [bucketing.fixed_bucket(entry.resolution, multiple)], False
     elif entry.buckets:
@@ -249,9 +260,9 @@ def _bucket_for(info: MediaInfo, entry: DatasetEntry, multiple: int) -> tuple[tu
     bucket = bucketing.assign_bucket(size, buckets, multiple, entry.bucket_no_upscale, area, generated)
     if bucket is None:
         smallest = min(buckets, key=lambda b: b[0] * b[1])
-        return None, (f"{size[0]}x{size[1]} fits no bucket without upscaling (smallest {smallest[0]}x"
-                      f"{smallest[1]}; bucket_no_upscale = true)")
-    return bucket, ""
+        raise UserError(f"{size[0]}x{size[1]} fits no bucket without upscaling (smallest {smallest[0]}x"
+                        f"{smallest[1]}; bucket_no_upscale = true)")
+    return bucket
 
 
 def _control_frames(entry: DatasetEntry, variant, num_frames: int) -> tuple[int, ...]:
