@@ -102,6 +102,19 @@ def test_targets_include_exclude():
     assert set(t2v.state_dict()) == set(tiny_model().state_dict())
 
 
+def test_network_state_dict_resumes_training_state():
+    trained = random_lora(tiny_model(), rank=4, alpha=8.0)
+    state = trained.state_dict()
+    assert set(state) == {f"{p}.lora_{x}.weight" for p in trained.adapters for x in "AB"}
+    resumed = apply_lora(tiny_model(), rank=4, alpha=8.0)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(p, q) for p, q in zip(trained.parameters(), resumed.parameters()))
+    with pytest.raises(UserError, match="missing from the saved LoRA state"):
+        apply_lora(tiny_model(), rank=4, alpha=8.0).load_state_dict({k: v for k, v in state.items() if "ffn" not in k})
+    with pytest.raises(UserError, match="shape"):
+        apply_lora(tiny_model(), rank=2, alpha=8.0).load_state_dict(state)
+
+
 def test_lora_output_equals_base_plus_scaled_delta():
     """The LoRA path is (alpha/rank) * B A x: same output as adding that delta to the weights by hand."""
     model = tiny_model("wan2.1-i2v-14b")

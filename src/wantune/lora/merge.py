@@ -16,7 +16,7 @@ from torch import nn
 
 from wantune.errors import UserError
 from wantune.lora.formats import LoraWeights
-from wantune.lora.network import TRAIN_ADAPTER, LoRAAdapter, LoRALinear, _drop_adapter, _wrap
+from wantune.lora.network import TRAIN_ADAPTER, LoRAAdapter, LoRALinear, drop_adapter, wrap_linear
 
 STACK_PREFIX = "stack"
 
@@ -53,7 +53,7 @@ def attach_loras(model: nn.Module, loras: Iterable[tuple[LoraWeights, float]]) -
     for i, (weights, strength) in enumerate(loras, start=start):
         for path, (a, b) in weights.modules.items():
             linear = model.get_submodule(path)
-            wrapper = _wrap(model, path, linear)
+            wrapper = wrap_linear(model, path, linear)
             weight = wrapper.weight
             dtype = torch.float32 if weight.dtype not in (torch.float32, torch.bfloat16, torch.float16) \
                 else weight.dtype
@@ -71,7 +71,7 @@ def detach_loras(model: nn.Module) -> None:
     for path, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             for name in [n for n in module.adapters if n != TRAIN_ADAPTER]:
-                _drop_adapter(model, path, name)
+                drop_adapter(model, path, name)
 
 
 def merge_lora(model: nn.Module, weights: LoraWeights, strength: float = 1.0) -> None:

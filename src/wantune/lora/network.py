@@ -113,9 +113,9 @@ class LoRANetwork:
         missing = sorted(set(expected) - set(state_dict))
         unknown = sorted(set(state_dict) - set(expected))
         if missing or unknown:
-            key = (missing or unknown)[0]
-            raise UserError(f"{key}: {'missing from' if missing else 'not in'} this LoRA network's state; "
-                            "resume with the same rank, targets and model")
+            where = f"{missing[0]}: missing from the saved LoRA state" if missing else \
+                f"{unknown[0]}: in the saved LoRA state but not in this network"
+            raise UserError(f"{where}; resume with the same targets, include/exclude and model")
         with torch.no_grad():
             for name, param in expected.items():
                 if param.shape != state_dict[name].shape:
@@ -136,7 +136,7 @@ class LoRANetwork:
     def remove(self) -> None:
         """Take the trained adapters off the model (other attached LoRAs stay)."""
         for path in self.adapters:
-            _drop_adapter(self.model, path, TRAIN_ADAPTER)
+            drop_adapter(self.model, path, TRAIN_ADAPTER)
         self.adapters = {}
 
 
@@ -176,7 +176,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     model.requires_grad_(False)
     adapters: dict[str, LoRAAdapter] = {}
     for path, linear in chosen:
-        wrapper = _wrap(model, path, linear)
+        wrapper = wrap_linear(model, path, linear)
         adapter = LoRAAdapter(linear.in_features, linear.out_features, rank, alpha / rank, dropout,
                               device=linear.weight.device, dtype=dtype)
         adapter.reset_parameters()
@@ -200,7 +200,7 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_path) if parent_path else model), name
 
 
-def _wrap(model: nn.Module, path: str, linear: nn.Linear) -> LoRALinear:
+def wrap_linear(model: nn.Module, path: str, linear: nn.Linear) -> LoRALinear:
     """The LoRALinear at `path`, swapping the plain Linear for one if needed."""
     if isinstance(linear, LoRALinear):
         return linear
@@ -210,7 +210,7 @@ def _wrap(model: nn.Module, path: str, linear: nn.Linear) -> LoRALinear:
     return wrapper
 
 
-def _drop_adapter(model: nn.Module, path: str, adapter_name: str) -> None:
+def drop_adapter(model: nn.Module, path: str, adapter_name: str) -> None:
     """Remove one adapter; when none is left, put back a plain Linear with the same Parameters."""
     wrapper = model.get_submodule(path)
     if not isinstance(wrapper, LoRALinear):
