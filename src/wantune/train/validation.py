@@ -24,27 +24,29 @@ def validation_loss(samples: list[dict], owners: dict[int, TrainUnit], ctx: Step
             continue
         was_training = unit.model.training
         unit.model.eval()
-        losses = [_sample_loss(unit, i, s, t, ctx) for i, s in enumerate(samples)]
+        losses = [_batch_loss(unit, start, samples[start:start + 8], t, ctx) for start in range(0, len(samples), 8)]
         unit.model.train(was_training)
-        per_t[f"val/t{t}"] = sum(losses) / len(losses)
+        per_t[f"val/t{t}"] = float(torch.cat(losses).mean())
     result = dict(per_t)
     if per_t:
         result["val/loss"] = sum(per_t.values()) / len(per_t)
     return result
 
 
-def _sample_loss(unit: TrainUnit, index: int, sample: dict, t: int, ctx: StepContext) -> float:
-    batch = to_device(collate([sample]), ctx.device)
+def _batch_loss(unit: TrainUnit, first: int, samples: list[dict], t: int, ctx: StepContext) -> torch.Tensor:
+    """Per-sample losses of samples[first:...] at timestep t, each with its own fixed noise."""
+    batch = to_device(collate(samples), ctx.device)
     latents_BCFHW = batch["latents_BCFHW"]
-    g = torch.Generator().manual_seed(ctx.cfg.validation.seed * 100_003 + index)
-    noise_BCFHW = torch.randn(latents_BCFHW.shape, generator=g).to(ctx.device)
-    sigma_B = torch.full((1,), t / 1000.0, device=ctx.device)
+    noise_BCFHW = torch.stack([
+        torch.randn(latents_BCFHW.shape[1:], generator=torch.Generator().manual_seed(
+            ctx.cfg.validation.seed * 100_003 + first + i)) for i in range(len(samples))]).to(ctx.device)
+    sigma_B = torch.full((len(samples),), t / 1000.0, device=ctx.device)
     variant = unit.model.variant
     inputs = make_inputs(latents_BCFHW, noise_BCFHW, sigma_B, clean_first_frame=variant.model_type == "ti2v",
                          patch=variant.patch_size)
     with ctx.autocast():
         pred = forward_model(unit.model, batch, inputs, stack_context(batch["context"]))
-    return masked_mse_B(pred, inputs.target_BCFHW, inputs.mask_BCFHW).item()
+    return masked_mse_B(pred, inputs.target_BCFHW, inputs.mask_BCFHW).cpu()
 
 
 def timestep_owners(timesteps: list[int], units: list[TrainUnit], all_units: bool = True) -> dict[int, TrainUnit]:
