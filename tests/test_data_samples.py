@@ -175,3 +175,6 @@ def test_run_config_pointing_at_a_dataset_file(tmp_path):
     (tmp_path / "runs" / "empty.toml").write_text("[model]\nvariant = 'wan2.2-ti2v-5b'\n")
     with pytest.raises(UserError, match="no \\[\\[datasets\\]\\] entries"):
         load_dataset_config(tmp_path / "runs" / "empty.toml")
+    (tmp_path / "runs" / "none.toml").write_text("datasets = []\n")
+    with pytest.raises(UserError, match="no \\[\\[datasets\\]\\] entries"):
+        load_dataset_config(tmp_path / "runs" / "none.toml")

@@ -142,6 +142,8 @@ class DatasetConfig:
         from wantune.models.variants import get_variant
 
         variant = get_variant(self.variant)
+        if not self.datasets:
+            raise UserError("datasets: no [[datasets]] entries; add at least one with a path")
         multiple = variant.pixel_multiple
         for entry in self.datasets:
             for w, h in entry.buckets or []:
