@@ -31,6 +31,7 @@ def test_resampling_keeps_duration():
     for k, src in enumerate(timeline):  # nearest source frame in time
         assert abs(src / 30 - k / 16) <= 0.5 / 30 + 1e-9
     assert timeline[0] == 0 and timeline[-1] == 60
+    assert len(resample_timeline(60, 30, 16)) == 32  # 60 frames shown for 2 s -> 32 frames shown for 2 s
     assert resample_timeline(33, 16, 16) == list(range(33))
     assert resample_timeline(49, 24, 16)[:7] == [0, 2, 3, 5, 6, 8, 9]  # t = k/16 -> round(1.5 k), halves up
     assert len(resample_timeline(49, 24, 16)) == 33
