@@ -162,9 +162,11 @@ def test_synthesised_dtypes_and_layouts(tmp_path, capsys):
     info = inspect(tmp_path / "scaled.safetensors", capsys)
     assert (info["format"], info["dtype"], info["parameters"]) == ("comfyui", "fp8_scaled", numel(sd))
     write_sharded(sd, tmp_path / "sharded")
+    shutil.copy(FIXTURES / "wan21_vae_tiny.pth", tmp_path / "sharded" / "Wan2.1_VAE.pth")
     info = inspect(tmp_path / "sharded", capsys)
     assert (info["kind"], info["format"], info["shards"], info["parameters"]) == (
         "transformer", "official-sharded", 3, numel(sd))
+    assert [(c["kind"], c["version"]) for c in info["components"]] == [("vae", "2.1")]
 
 
 def test_a14b_official_folder_with_components(tmp_path, capsys):
@@ -220,6 +222,8 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert "not a checkpoint file" in fails(tmp_path / "readme.txt", capsys)
     (tmp_path / "empty").mkdir()
     assert "no Wan checkpoints found" in fails(tmp_path / "empty", capsys)
+    (tmp_path / "wan2.1-t2v-14b-Q4_K_M.gguf").write_bytes(b"GGUF")
+    assert "GGUF quantised files are not supported" in fails(tmp_path / "wan2.1-t2v-14b-Q4_K_M.gguf", capsys)
 
 
 def test_subprocess_no_traceback(tmp_path):

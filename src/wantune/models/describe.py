@@ -185,9 +185,9 @@ def _components(folder: Path) -> list[dict]:
     for name in PIPELINE_COMPONENTS:
         if (folder / name).is_dir() and any(p.suffix in WEIGHT_SUFFIXES for p in (folder / name).iterdir()):
             found.append(_describe_component(folder / name))
-    for tokenizer in sorted(folder.rglob("spiece.model"))[:1] + sorted(folder.rglob("tokenizer.json"))[:1]:
-        found.append({"path": str(tokenizer.parent), "kind": "tokenizer"})
-        break
+    tokenizers = sorted(folder.rglob("spiece.model")) or sorted(folder.rglob("tokenizer.json"))
+    if tokenizers:
+        found.append({"path": str(tokenizers[0].parent), "kind": "tokenizer"})
     return found
 
 

@@ -133,6 +133,9 @@ class WeightFiles:
             raise UserError(f"{path}: no such file or folder; check the path")
         if path.is_dir():
             files, layout = weight_files_in_folder(path)
+        elif path.suffix == ".gguf":
+            raise UserError(f"{path}: GGUF quantised files are not supported; use a .safetensors checkpoint "
+                            "(fp16, bf16, fp8 or fp8_scaled)")
         elif path.suffix in WEIGHT_SUFFIXES:
             files, layout = [path], "pth" if path.suffix != ".safetensors" else "single"
         else:
