@@ -96,9 +96,10 @@ def read_state_dict(path: str | Path | WeightFiles, dtype: torch.dtype | None = 
             continue
         tensor = weights.tensor(key)
         scale = fp8.scale_key(key, metas)
-        if fp8.is_fp8(tensor) and keep_fp8:
-            pass
-        elif scale is not None:
+        if keep_fp8 and fp8.is_fp8(tensor):
+            state[key] = tensor.to(device)
+            continue
+        if scale is not None:
             tensor = fp8.dequantize(tensor, weights.tensor(scale), target)
         elif dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
