@@ -95,15 +95,16 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert str(missing) in one_line_error(capsys, "lora", "inspect", str(missing))
     save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(1, 64),
                "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(64, 1),
-               "diffusion_model.blocks.0.self_attn.q.dora_scale": torch.zeros(1, 64)}, str(tmp_path / "dora.safetensors"))
+               "diffusion_model.blocks.0.self_attn.q.dora_scale": torch.zeros(1, 64)},
+              str(tmp_path / "dora.safetensors"))
     err = one_line_error(capsys, "lora", "convert", str(tmp_path / "dora.safetensors"), "--to", "kohya",
                          "-o", str(tmp_path / "x.safetensors"))
     assert "dora.safetensors" in err and "dora_scale" in err
     big = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(1, 1536),
            "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(1536, 1)}
     save_file(big, str(tmp_path / "big.safetensors"))
-    err = one_line_error(capsys, "lora", "merge", "--model", str(COMFY_BASE), "--lora", str(tmp_path / "big.safetensors"),
-                         "-o", str(tmp_path / "m.safetensors"))
+    err = one_line_error(capsys, "lora", "merge", "--model", str(COMFY_BASE),
+                         "--lora", str(tmp_path / "big.safetensors"), "-o", str(tmp_path / "m.safetensors"))
     assert "big.safetensors: blocks.0.self_attn.q is 1536->1536 in the LoRA but 64->64 in the model" in err
     assert not (tmp_path / "m.safetensors").exists()
     err = one_line_error(capsys, "lora", "merge", "--model", str(FIXTURES / "wan21_vae_tiny.safetensors"),
