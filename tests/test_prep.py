@@ -78,6 +78,12 @@ def raw(tmp_path_factory) -> Path:
     ramp = texture(rng, (1.0, 1.0, 1.0))
     write(src / "lighting.mp4", [(f * (0.25 + 0.75 * i / 39)).astype(np.uint8) for i, f in enumerate(pan(ramp, 40))])
     write(src / "tiny.mp4", pan(texture(rng, (1.0, 0.5, 0.5), h=16, w=24), 40))
+    # two still shots of the same grey noise statistics with a white square moving across both
+    shots = [texture(rng, (1, 1, 1)), texture(rng, (1, 1, 1))]
+    frames = [shots[i // 40].copy() for i in range(80)]
+    for i, frame in enumerate(frames):
+        frame[18:30, (i % 40):(i % 40) + 12] = 255
+    write(src / "samepalette.mp4", frames)
     (src / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)))
     (src / "empty.mp4").write_bytes(b"")
     return src
@@ -106,6 +112,20 @@ def test_scene_cut_found_at_the_hard_cut(result):
     video = next(v for v in report["videos"] if v["path"].endswith("scenes.mp4"))
     assert len(video["cuts"]) == 1 and abs(video["cuts"][0] - 50) <= 1
     assert clip(report, "scenes_1")["start"] == video["cuts"][0]
+
+
+def test_cut_between_shots_of_the_same_colours(result):
+    _, report = result
+    video = next(v for v in report["videos"] if v["path"].endswith("samepalette.mp4"))
+    assert len(video["cuts"]) == 1 and abs(video["cuts"][0] - 40) <= 1
+    rng = np.random.default_rng(3)
+    a, b = texture(rng, (1, 1, 1), blur=3), texture(rng, (1, 1, 1), blur=3)
+    frames = pan(a, 20) + pan(b, 20, dx=0, dy=1)
+    hists = [scenes.colour_histogram(f) for f in frames]
+    distances = np.array([0.0] + [scenes.histogram_distance(p, q) for p, q in zip(hists, hists[1:])])
+    energy = scenes.motion_energy(np.stack([f[..., 0] for f in frames]))
+    assert scenes.find_cuts(distances, 0.45) == []  # the colour histograms barely change at the cut...
+    assert scenes.find_cuts(distances, 0.45, energy) == [20]  # ...the picture does
 
 
 def test_static_head_trimmed_and_fps_resampled_keeping_duration(result):
@@ -139,8 +159,8 @@ def test_report_names_each_flagged_clip_with_its_reason(result):
     for name, reason in expected.items():
         assert reason in reasons(report, name), (name, clip(report, name)["flags"])
         assert not clip(report, name)["written"] and not (dst / "videos" / f"{name}.mp4").exists()
-    for name in ("scenes_0", "scenes_1", "pan_0"):
-        assert reasons(report, name) == [] and clip(report, name)["written"]
+    for name in ("scenes_0", "scenes_1", "pan_0", "samepalette_0", "samepalette_1"):
+        assert reasons(report, name) == [] and clip(report, name)["written"], clip(report, name)["flags"]
     assert "pan_0" in clip(report, "pan_copy_0")["flags"][0]["detail"]
     bars = clip(report, "letterbox_0")["bars"]
     assert abs(bars[0] - 8) <= 1 and abs(bars[1] - 8) <= 1 and bars[2:] == [0, 0]
@@ -149,7 +169,8 @@ def test_report_names_each_flagged_clip_with_its_reason(result):
         assert f"{name}:" in text and f"{reason}:" in text
     on_disk = json.loads((dst / "prep_report.json").read_text())
     assert on_disk["summary"] == report["summary"] and on_disk["summary"]["unreadable"] == 2
-    assert sorted(p.name for p in (dst / "videos").iterdir()) == ["pan_0.mp4", "scenes_0.mp4", "scenes_1.mp4"]
+    assert sorted(p.name for p in (dst / "videos").iterdir()) == [
+        "pan_0.mp4", "samepalette_0.mp4", "samepalette_1.mp4", "scenes_0.mp4", "scenes_1.mp4"]
 
 
 def test_corrupt_and_empty_inputs_reported_by_path(result, raw):
@@ -206,8 +227,14 @@ def test_cli_json_and_bad_arguments(raw, tmp_path, capsys):
 def test_measures_against_known_inputs():
     rng = np.random.default_rng(1)
     img = rng.normal(128, 40, (64, 96)).astype(np.float32)
-    assert quality.phase_shift(img, np.roll(img, (3, -5), axis=(0, 1))) == (3.0, -5.0)
-    assert quality.shake_jitter(np.stack([np.roll(img, (0, i), axis=(0, 1)) for i in range(6)])) == 0.0
+    assert np.allclose(quality.phase_shift(img, np.roll(img, (3, -5), axis=(0, 1))), (3.0, -5.0), atol=0.05)
+    assert quality.shake_jitter(np.stack([np.roll(img, (0, i), axis=(0, 1)) for i in range(12)])) < 0.01
+    smooth = np.kron(rng.normal(128, 40, (32, 48)), np.ones((4, 4)))  # a half-pixel pan at this scale
+    half_pixel_pan = np.stack([np.roll(smooth, i, axis=1)[::2, ::2] for i in range(20)])
+    assert quality.shake_jitter(half_pixel_pan) < 0.5
+    jolts = rng.integers(-6, 7, (20, 2))
+    shaken = np.stack([np.roll(img, tuple(j), axis=(0, 1)) for j in jolts])
+    assert quality.shake_jitter(shaken) > 2.0
     lap = quality.laplacian_variance(img)
     assert abs(lap - 20 * 40**2) / (20 * 40**2) < 0.1  # white noise: var = (1+1+1+1+16) sigma^2
     assert quality.hamming(quality.dhash(img), quality.dhash(img + 3)) == 0
@@ -218,4 +245,6 @@ def test_measures_against_known_inputs():
     assert all(abs(i - j * 30 / 16) <= 0.5 for j, i in enumerate(picked))  # nearest source frame in time
     assert scenes.resample_indices(times, 45, 90, 1 / 30, 16)[:3] == [45, 47, 49]
     assert len(scenes.resample_indices(np.arange(32) / 16, 0, 32, 1 / 16, 24)) == 48
-    assert scenes.split_long(times, 0, 90, 1.0) == [(0, 30), (30, 60), (60, 90)]
+    assert scenes.split_long(times, 0, 90, 1 / 30, 1.0) == [(0, 30), (30, 60), (60, 90)]
+    assert scenes.split_long(times, 0, 90, 1 / 30, 2.5) == [(0, 45), (45, 90)]  # two 1.5 s, not 2.5 + 0.5
+    assert scenes.split_long(times, 10, 90, 1 / 30, 0) == [(10, 90)]

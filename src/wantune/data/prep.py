@@ -79,9 +79,9 @@ class Analysis:
     distances_F: np.ndarray
     """Colour-histogram distance to the previous frame (0 for frame 0)."""
     rows_FH: np.ndarray
-    """Full-resolution mean luminance of each row, per frame."""
+    """Full-resolution mean luminance of each row, per frame (uint8)."""
     cols_FW: np.ndarray
-    """Full-resolution mean luminance of each column, per frame."""
+    """Full-resolution mean luminance of each column, per frame (uint8)."""
 
 
 @dataclass
@@ -164,8 +164,8 @@ def analyse(path: Path) -> Analysis:
                 if size is None:
                     size = _analysis_size(frame.width, frame.height)
                 full = frame.to_ndarray(format="gray")
-                rows.append(full.mean(axis=1).astype(np.float16))
-                cols.append(full.mean(axis=0).astype(np.float16))
+                rows.append(np.round(full.mean(axis=1)).astype(np.uint8))
+                cols.append(np.round(full.mean(axis=0)).astype(np.uint8))
                 rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
                 grays.append(_to_gray(rgb))
                 hists.append(scenes.colour_histogram(rgb))
@@ -211,15 +211,16 @@ def _to_gray(rgb_HWC: np.ndarray) -> np.ndarray:
 def plan_clips(path: Path, analysis: Analysis, options: PrepOptions) -> tuple[list[int], list[Clip]]:
     """Scene cuts and the clips cut from them, with every check that needs no encoding applied."""
     th = options.thresholds
-    cuts = scenes.find_cuts(analysis.distances_F, th.cut)
     energy_F = scenes.motion_energy(analysis.gray_FHW)
+    cuts = scenes.find_cuts(analysis.distances_F, th.cut, energy_F)
     ranges: list[tuple[tuple[int, int], bool]] = []
     for start, end in scenes.scenes_from_cuts(len(analysis.times_F), cuts):
         trimmed = scenes.trim_static(energy_F, start, end, th.static)
         if trimmed is None:
             ranges.append(((start, end), True))
             continue
-        ranges += [(r, False) for r in scenes.split_long(analysis.times_F, *trimmed, options.max_seconds)]
+        ranges += [(r, False) for r in scenes.split_long(analysis.times_F, *trimmed, analysis.frame_duration,
+                                                         options.max_seconds)]
     clips = [_make_clip(path, k, a, b, still, analysis, options) for k, ((a, b), still) in enumerate(ranges)]
     return cuts, clips
 
@@ -237,7 +238,8 @@ def _make_clip(path: Path, k: int, start: int, end: int, still: bool, an: Analys
                 round(float(an.times_F[end - 1] + an.frame_duration), 4), indices,
                 _cover_box(region, size), size, bars)
     gray = an.gray_FHW[start:end]
-    clip.metrics["shake"] = round(quality.shake_jitter(gray), 3)
+    window = max(3, round(0.3 * an.source_fps) | 1)
+    clip.metrics["shake"] = round(quality.shake_jitter(gray, window), 3)
     clip.metrics["lighting"] = round(quality.luminance_range(gray), 2)
     if still:
         clip.flag("static", f"no frame changes by {th.static} or more (mean abs luminance)")

@@ -23,7 +23,7 @@ class Thresholds:
     blur: float = 100.0
     """Variance of the Laplacian of output frames (median) below which a clip is blurry."""
     shake: float = 1.0
-    """RMS frame-to-frame change of the global shift, in % of the frame width, above which the camera shakes."""
+    """RMS distance of the camera path from its 0.3 s moving average, in % of frame width, above which it shakes."""
     lighting: float = 40.0
     """Range of per-frame mean luminance (0..255) within a clip above which the lighting changes."""
     duplicate: int = 6
@@ -42,7 +42,7 @@ def laplacian_variance(gray_HW: np.ndarray) -> float:
 
 
 def phase_shift(a_HW: np.ndarray, b_HW: np.ndarray) -> tuple[float, float]:
-    """Global translation (dy, dx) from frame a to frame b by phase correlation (whole pixels)."""
+    """Global translation (dy, dx) from frame a to frame b by phase correlation, sub-pixel (parabolic peak)."""
     h, w = a_HW.shape
     window = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
     fa = np.fft.rfft2((a_HW - a_HW.mean()) * window)
@@ -50,18 +50,34 @@ def phase_shift(a_HW: np.ndarray, b_HW: np.ndarray) -> tuple[float, float]:
     cross = fb * np.conj(fa)
     cross /= np.maximum(np.abs(cross), 1e-9)
     corr = np.fft.irfft2(cross, s=(h, w))
-    dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)
-    return float(dy if dy <= h // 2 else dy - h), float(dx if dx <= w // 2 else dx - w)
+    py, px = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    dy = py + _parabolic(corr[(py - 1) % h, px], corr[py, px], corr[(py + 1) % h, px])
+    dx = px + _parabolic(corr[py, (px - 1) % w], corr[py, px], corr[py, (px + 1) % w])
+    return float(dy if dy <= h / 2 else dy - h), float(dx if dx <= w / 2 else dx - w)
 
 
-def shake_jitter(gray_FHW: np.ndarray) -> float:
-    """RMS change of the frame-to-frame global shift, in % of frame width (0 for still or smooth pans)."""
+def _parabolic(left: float, centre: float, right: float) -> float:
+    """Offset of the vertex of the parabola through three samples around a peak (within +-0.5)."""
+    denom = left - 2.0 * centre + right
+    return float(np.clip(0.5 * (left - right) / denom, -0.5, 0.5)) if denom < 0 else 0.0
+
+
+def shake_jitter(gray_FHW: np.ndarray, window: int = 9) -> float:
+    """Camera shake: RMS distance of the camera path from its moving average, in % of frame width.
+
+    The path is the running sum of frame-to-frame global shifts; still cameras and smooth pans follow their
+    moving average (`window` frames) closely, handheld shake does not.
+    """
     if len(gray_FHW) < 3:
         return 0.0
     frames = gray_FHW.astype(np.float32)
     shifts = np.array([phase_shift(frames[i - 1], frames[i]) for i in range(1, len(frames))])
-    change = np.diff(shifts, axis=0)
-    rms = float(np.sqrt((change**2).sum(axis=1).mean()))
+    path = np.vstack([np.zeros((1, 2)), np.cumsum(shifts, axis=0)])
+    half = max(1, min(window, len(path)) // 2)
+    padded = np.pad(path, ((half, half), (0, 0)), mode="reflect", reflect_type="odd")  # keeps linear pans
+    kernel = np.ones(2 * half + 1) / (2 * half + 1)
+    smooth = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(2)], axis=1)
+    rms = float(np.sqrt(((path - smooth) ** 2).sum(axis=1).mean()))
     return 100.0 * rms / gray_FHW.shape[2]
 
 

@@ -24,16 +24,24 @@ def histogram_distance(a_K: np.ndarray, b_K: np.ndarray) -> float:
     return 0.5 * float(np.abs(a_K - b_K).sum())
 
 
-def find_cuts(distances_F: np.ndarray, threshold: float, min_gap: int = 3) -> list[int]:
-    """Frame indices that start a new scene: `distances_F[i]` (frame i-1 vs i) above threshold.
+def find_cuts(distances_F: np.ndarray, threshold: float, energy_F: np.ndarray | None = None,
+              ratio: float = 3.0, min_energy: float = 24.0, window: int = 8, min_gap: int = 3) -> list[int]:
+    """Frame indices that start a new scene.
 
-    Cuts closer than `min_gap` frames to the previous one (flashes, fast motion) are dropped.
+    Frame i starts a scene when its colour-histogram distance to frame i-1 exceeds `threshold`, or (for cuts
+    between shots with the same colours) when its luminance change `energy_F[i]` is at least `min_energy` and
+    `ratio` times the median change of the `window` frames on each side. Cuts closer than `min_gap` frames to
+    the previous one (flashes, fast motion) are dropped.
     """
+    candidates = set(np.flatnonzero(distances_F > threshold).tolist())
+    if energy_F is not None:
+        for i in np.flatnonzero(energy_F >= min_energy):
+            around = np.concatenate([energy_F[max(1, i - window):i], energy_F[i + 1:i + 1 + window]])
+            if len(around) and energy_F[i] >= ratio * max(float(np.median(around)), 1e-3):
+                candidates.add(int(i))
     cuts: list[int] = []
-    for i in np.flatnonzero(distances_F > threshold):
-        if i == 0:
-            continue
-        if cuts and i - cuts[-1] < min_gap:
+    for i in sorted(candidates):
+        if i == 0 or (cuts and i - cuts[-1] < min_gap):
             continue
         cuts.append(int(i))
     return cuts
@@ -66,17 +74,17 @@ def trim_static(energy_F: np.ndarray, start: int, end: int, threshold: float) ->
     return int(moving[0]) - 1, int(moving[-1]) + 1
 
 
-def split_long(times_F: np.ndarray, start: int, end: int, max_seconds: float) -> list[tuple[int, int]]:
-    """Split `[start, end)` into consecutive ranges spanning at most `max_seconds` each."""
-    if max_seconds <= 0:
+def split_long(times_F: np.ndarray, start: int, end: int, frame_duration: float,
+               max_seconds: float) -> list[tuple[int, int]]:
+    """Split `[start, end)` into the fewest equal-length consecutive ranges of at most `max_seconds` each."""
+    duration = float(times_F[end - 1]) + frame_duration - float(times_F[start])
+    if max_seconds <= 0 or duration <= max_seconds + 1e-6:
         return [(start, end)]
-    ranges, a = [], start
-    while a < end:
-        b = int(np.searchsorted(times_F, times_F[a] + max_seconds - 1e-6, side="left"))
-        b = min(max(b, a + 1), end)
-        ranges.append((a, b))
-        a = b
-    return ranges
+    parts = int(np.ceil(duration / max_seconds - 1e-6))
+    cuts = [int(np.searchsorted(times_F[start:end], times_F[start] + i * duration / parts - 1e-6)) + start
+            for i in range(1, parts)]
+    bounds = [start, *cuts, end]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def resample_indices(times_F: np.ndarray, start: int, end: int, frame_duration: float, fps: float) -> list[int]:
