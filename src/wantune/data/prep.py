@@ -162,7 +162,10 @@ def analyse(path: Path) -> Analysis:
             size = None
             for frame in container.decode(stream):
                 if size is None:
-                    size = _analysis_size(frame.width, frame.height)
+                    size, first = _analysis_size(frame.width, frame.height), (frame.width, frame.height)
+                elif (frame.width, frame.height) != first:
+                    raise UserError(f"{path}: frame size changes from {first[0]}x{first[1]} to {frame.width}x"
+                                    f"{frame.height} at frame {len(times)}; re-encode it at one size")
                 full = frame.to_ndarray(format="gray")
                 rows.append(np.round(full.mean(axis=1)).astype(np.uint8))
                 cols.append(np.round(full.mean(axis=0)).astype(np.uint8))
@@ -170,7 +173,7 @@ def analyse(path: Path) -> Analysis:
                 grays.append(_to_gray(rgb))
                 hists.append(scenes.colour_histogram(rgb))
                 times.append(frame.time)
-            width, height = (frame.width, frame.height) if size else (0, 0)
+            width, height = first if size else (0, 0)
     except UserError:
         raise
     except (av.error.FFmpegError, ValueError, OSError, IndexError) as exc:
@@ -253,7 +256,7 @@ def _make_clip(path: Path, k: int, start: int, end: int, still: bool, an: Analys
         clip.flag("letterboxed", "black bars top/bottom/left/right = {}/{}/{}/{} px; use --crop-bars "
                                  "to crop them off".format(*bars))
     if clip.metrics["shake"] > th.shake:
-        clip.flag("shake", f"global shift jitter {clip.metrics['shake']:.2f}% of width > {th.shake}")
+        clip.flag("shake", f"camera path jitter {clip.metrics['shake']:.2f}% of width > {th.shake}")
     if clip.metrics["lighting"] > th.lighting:
         clip.flag("lighting", f"mean luminance range {clip.metrics['lighting']:.1f} > {th.lighting}")
     return clip
