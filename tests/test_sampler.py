@@ -25,6 +25,8 @@ TEXT_DIM = TINY["text_dim"]
 
 def tiny_pair(variant_name: str, seed: int):
     """(diffusers transformer, our WanModel) with identical weights, float32, eval mode."""
+    from wantune.models.transformer import CLIP_DIM, CLIP_TOKENS
+
     from diffusers import WanTransformer3DModel
 
     from wantune.models.diffusers_names import diffusers_to_official
@@ -36,7 +38,10 @@ def tiny_pair(variant_name: str, seed: int):
         patch_size=variant.patch_size, num_attention_heads=variant.num_heads, attention_head_dim=variant.head_dim,
         in_channels=variant.in_dim, out_channels=variant.out_dim, text_dim=variant.text_dim,
         freq_dim=variant.freq_dim, ffn_dim=variant.ffn_dim, num_layers=variant.num_layers,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=variant.eps).eval()
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=variant.eps,
+        image_dim=CLIP_DIM if variant.has_image_embedding else None,
+        added_kv_proj_dim=variant.dim if variant.has_image_embedding else None,
+        pos_embed_seq_len=2 * CLIP_TOKENS if variant.has_image_pos_embedding else None).eval()
     with torch.no_grad():  # diffusers zero-inits nothing important, but make every weight matter
         for p in theirs.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -152,6 +157,28 @@ def test_wan22_i2v_a14b_matches_image_to_video_pipeline(vae21):
                        steps=6, y_BCFHW=y, progress=False)
     diff = (got - expected).abs().max().item()
     print(f"wan2.2 i2v a14b: max abs diff {diff:.2e}")
+    assert diff < TOL
+
+
+@pytest.mark.parametrize("variant_name", ["wan2.1-i2v-14b", "wan2.1-flf2v-14b"])
+def test_wan21_i2v_flf2v_with_clip_matches_image_to_video_pipeline(vae21, variant_name):
+    theirs, ours = tiny_pair(variant_name, seed=40)
+    last = variant_name.endswith("flf2v-14b")
+    g = torch.Generator().manual_seed(41)
+    first01, last01 = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    clip_fea = torch.randn(2 if last else 1, 257, 1280, generator=g)  # CLIP features, as encoded
+    noise = make_noise((1, 16, 3, 8, 8), seed=42)
+    cond, neg = prompt_embeds(43), prompt_embeds(44)
+    pipe = diffusers_i2v(theirs, make_scheduler("unipc", 16.0 if last else 5.0), vae21.model)
+    pipe.check_inputs = lambda *a, **k: None  # diffusers refuses image + image_embeds together; we need both
+    expected = pipe(image=first01, last_image=last01 if last else None, image_embeds=clip_fea,
+                    prompt_embeds=cond, negative_prompt_embeds=neg, latents=noise.clone(), num_frames=9,
+                    height=64, width=64, num_inference_steps=4, guidance_scale=5.0, output_type="latent").frames
+    y = image_condition(vae21, first01[0] * 2 - 1, last01[0] * 2 - 1 if last else None, frames=9)
+    got = sample_video(ours, noise, cond, neg, 5.0, make_scheduler("unipc", 16.0 if last else 5.0), steps=4,
+                       y_BCFHW=y, clip_fea_BKD=clip_fea.reshape(1, -1, 1280), progress=False)
+    diff = (got - expected).abs().max().item()
+    print(f"{variant_name}: max abs diff {diff:.2e}")
     assert diff < TOL
 
 
