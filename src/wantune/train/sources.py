@@ -33,11 +33,11 @@ def save_samples(path: str | Path, samples: list[dict]) -> Path:
 
     tensors: dict[str, torch.Tensor] = {}
     for i, s in enumerate(samples):
-        tensors[f"latents.{i}"] = s["latents_CFHW"].contiguous()
-        tensors[f"context.{i}"] = s["context_LD"].contiguous()
+        tensors[f"latents.{i}"] = s["latents_CFHW"].clone().contiguous()
+        tensors[f"context.{i}"] = s["context_LD"].clone().contiguous()
         for key, name in (("cond_CFHW", "cond"), ("clip_KD", "clip"), ("context_dop_LD", "context_dop")):
             if s.get(key) is not None:
-                tensors[f"{name}.{i}"] = s[key].contiguous()
+                tensors[f"{name}.{i}"] = s[key].clone().contiguous()
     meta = {"sample_ids": json.dumps([s["sample_id"] for s in samples]),
             "weights": json.dumps([float(s.get("weight", 1.0)) for s in samples])}
     save_file(tensors, str(path), metadata=meta)
