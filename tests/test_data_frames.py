@@ -86,3 +86,40 @@ def test_24fps_windows_pick_source_frames_by_time(tmp_path):
     assert len(timeline) == 32 and [s.frame_indices for s in samples] == [
         tuple(timeline[i:i + 9]) for i in (0, 9, 18)]
     assert frame_numbers(load_sample_pixels(samples[1]).numpy()) == list(samples[1].frame_indices)
+
+
+def _vfr_video(path, times_ms, codec="libx264"):
+    """Frames i shown at times_ms[i] (a variable frame rate), frame numbers encoded as colours."""
+    from fractions import Fraction
+
+    import av
+
+    from test_data_helpers import numbered_frames
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=40)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for frame_HWC, t in zip(numbered_frames(len(times_ms)), times_ms):
+            frame = av.VideoFrame.from_ndarray(frame_HWC, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("codec,suffix", [("libx264", ".mp4"), ("mpeg4", ".mkv")])
+def test_variable_frame_rate_picks_frames_by_timestamp(tmp_path, codec, suffix):
+    times_ms = [i * 100 for i in range(10)] + [1000 + i * 25 for i in range(1, 41)]  # 10 fps, then 40 fps
+    path = _vfr_video(tmp_path / f"vfr{suffix}", times_ms, codec)
+    samples, skipped = _samples(tmp_path, frame_extraction="full")
+    assert not skipped and samples[0].variable_rate
+    picked = samples[0].frame_indices
+    assert len(picked) == int(2.0 * 16) + 1  # 2 s span at 16 fps
+    for k, i in enumerate(picked):  # nearest frame in time, never off by more than half a gap
+        t = k / 16
+        assert abs(times_ms[i] / 1000 - t) == pytest.approx(min(abs(s / 1000 - t) for s in times_ms), abs=1e-9)
+    assert frame_numbers(load_sample_pixels(samples[0]).numpy()) == list(picked)
+    assert path.exists()

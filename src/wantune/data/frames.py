@@ -2,7 +2,8 @@
 
 1. `resample_timeline(num_frames, source_fps, model_fps)` maps the model's frame k (time k / model_fps) to the
    source frame nearest in time (round(k * source_fps / model_fps)), for every k whose time is within the
-   clip's span [0, (num_frames - 1) / source_fps]. Motion keeps its speed and the clip keeps its duration:
+   clip's span [0, (num_frames - 1) / source_fps] (`resample_times` does the same from the frame timestamps
+   of a variable-frame-rate file). Motion keeps its speed and the clip keeps its duration:
    61 frames at 30 fps (2 s span) -> 33 frames at 16 fps (2 s span). A lower source fps repeats frames.
 2. `frame_windows(length, ...)` cuts (start, frames) windows out of the resampled timeline, as musubi-tuner
    does on its frame list:
@@ -38,6 +39,21 @@ def resample_timeline(num_frames: int, source_fps: float, model_fps: float) -> l
     count = int(span * dst) + 1
     ratio = src / dst
     return [min(num_frames - 1, int(k * ratio + Fraction(1, 2))) for k in range(count)]
+
+
+def resample_times(times: list[float] | tuple[float, ...], model_fps: float) -> list[int]:
+    """Variable frame rate: the source frame nearest in time to each k / model_fps (ties to the later frame)
+    over the span of `times` (seconds, sorted)."""
+    if not times:
+        return []
+    count = int((times[-1] - times[0]) * model_fps + 1e-9) + 1
+    picked, j = [], 0
+    for k in range(count):
+        t = times[0] + k / model_fps
+        while j + 1 < len(times) and abs(times[j + 1] - t) <= abs(times[j] - t) + 1e-12:
+            j += 1
+        picked.append(j)
+    return picked
 
 
 def round_down_4n1(frames: int) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from wantune.data import buckets as bucketing
 from wantune.data.captions import find_caption, missing_caption_reason
 from wantune.data.config import DatasetConfig, DatasetEntry
-from wantune.data.frames import frame_windows, resample_timeline, too_short_targets
+from wantune.data.frames import frame_windows, resample_timeline, resample_times, too_short_targets
 from wantune.data.sources import MediaItem, list_media
 from wantune.data.video import MediaInfo, probe, read_frames, read_image, replace
 from wantune.errors import UserError
@@ -67,6 +67,8 @@ class Sample:
     """Occurrences per epoch (num_repeats)."""
     dataset: str = ""
     """Label of the dataset it comes from."""
+    variable_rate: bool = False
+    """The source has a variable frame rate (frames were picked by timestamp; decode without seeking)."""
 
     @property
     def num_frames(self) -> int:
@@ -185,7 +187,7 @@ def _item_samples(item: MediaItem, entry: DatasetEntry, variant, record: FileRec
     try:
         info = _probe_once(item.path, memo)
         if info.kind == "video" and entry.source_fps:
-            info = replace(info, fps=float(entry.source_fps))
+            info = replace(info, fps=float(entry.source_fps), timestamps=None)
         record.info = info
         caption = find_caption(item.path, entry.caption_extension, entry.default_caption, entry.trigger,
                                item.caption)
@@ -206,7 +208,7 @@ def _item_samples(item: MediaItem, entry: DatasetEntry, variant, record: FileRec
             sample_id, item.path, info.kind, caption.text, frame_indices, float(variant.fps), bucket,
             (info.width, info.height), info.fps, identity, _control_frames(entry, variant, len(frame_indices)),
             control_path, caption.source, entry.caption_dropout, entry.weight, entry.is_regularization,
-            entry.flip_x, entry.flip_y, entry.num_repeats, record.dataset))
+            entry.flip_x, entry.flip_y, entry.num_repeats, record.dataset, info.timestamps is not None))
     record.samples, record.buckets = len(samples), [bucket] if samples else []
     return samples, skips
 
@@ -233,7 +235,10 @@ def _strip_path(message: str, path: Path) -> str:
 def _windows(info: MediaInfo, entry: DatasetEntry, model_fps: int) -> tuple[list[tuple[int, ...]], list[Skipped]]:
     if info.kind == "image":
         return [(0,)], []
-    timeline = resample_timeline(info.num_frames, info.fps, model_fps)
+    if info.timestamps:
+        timeline = resample_times(info.timestamps, model_fps)
+    else:
+        timeline = resample_timeline(info.num_frames, info.fps, model_fps)
     spans = frame_windows(len(timeline), entry.frame_extraction, entry.target_frames, entry.frame_stride,
                           entry.frame_sample, entry.max_frames)
     short = too_short_targets(len(timeline), entry.frame_extraction, entry.target_frames)
@@ -335,7 +340,7 @@ def load_sample_pixels(sample: Sample):
     if sample.kind == "image":
         frames_FHWC = read_image(sample.path)[None]
     else:
-        frames_FHWC = read_frames(sample.path, sample.frame_indices)
+        frames_FHWC = read_frames(sample.path, sample.frame_indices, seek=not sample.variable_rate)
     if frames_FHWC.shape[2] != sample.source_size[0] or frames_FHWC.shape[1] != sample.source_size[1]:
         raise UserError(f"{sample.path}: frame size changed since the scan; run `wantune dataset check` again")
     return _to_unit_range(np.asarray(frames_FHWC), sample.bucket)
@@ -357,4 +362,4 @@ def load_control_pixels(sample: Sample):
     if sample.kind == "image":
         return _to_unit_range(read_image(sample.path)[None], sample.bucket)
     indices = [sample.frame_indices[p] for p in sample.control_frames]
-    return _to_unit_range(read_frames(sample.path, indices), sample.bucket)
+    return _to_unit_range(read_frames(sample.path, indices, seek=not sample.variable_rate), sample.bucket)

@@ -56,6 +56,8 @@ class MediaInfo:
     """Video codec name ('' for an image)."""
     notes: tuple[str, ...] = field(default_factory=tuple)
     """Conversions applied when reading (e.g. 'CMYK converted to RGB')."""
+    timestamps: tuple[float, ...] | None = None
+    """Frame times in seconds from the first frame, only for a variable frame rate (else i / fps)."""
 
     @property
     def duration(self) -> float:
@@ -89,7 +91,8 @@ def _probe_video(path: Path) -> MediaInfo:
                 raise UserError(f"{path}: no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            num_frames = stream.frames or _count_packets(container, stream)
+            times = _frame_times(container, stream)
+            num_frames = stream.frames or len(times)
             first = next(container.decode(stream), None)
             if first is None:
                 raise UserError(f"{path}: no decodable video frame")
@@ -102,17 +105,35 @@ def _probe_video(path: Path) -> MediaInfo:
         raise
     except (av.error.FFmpegError, ValueError, StopIteration, OSError) as exc:
         raise UserError(f"{path}: unreadable video ({_short(exc)})") from None
-    if info.fps <= 0:
-        raise UserError(f"{path}: the stream has no frame rate; set source_fps in the dataset")
     if info.num_frames <= 0:
         raise UserError(f"{path}: no video frames")
+    info = _variable_rate(info, times)
+    if info.fps <= 0:
+        raise UserError(f"{path}: the stream has no frame rate; set source_fps in the dataset")
     return info
 
 
-def _count_packets(container, stream) -> int:
-    count = sum(1 for packet in container.demux(stream) if packet.size)
+def _frame_times(container, stream) -> list[float | None]:
+    """Presentation times (s, from the first frame) of every packet, by demuxing without decoding."""
+    stamps = [packet.pts for packet in container.demux(stream) if packet.size]
     container.seek(0)
-    return count
+    if not stamps or any(t is None for t in stamps):
+        return [None] * len(stamps)
+    stamps.sort()
+    return [float((t - stamps[0]) * stream.time_base) for t in stamps]
+
+
+def _variable_rate(info: MediaInfo, times: list[float | None]) -> MediaInfo:
+    """`info` with timestamps (and the mean fps) when the frame times are not i / fps."""
+    if len(times) != info.num_frames or len(times) < 2 or times[0] is None or times[-1] <= 0:
+        return info
+    fps = info.fps
+    if fps > 0 and all(abs(t - i / fps) <= 0.25 / fps for i, t in enumerate(times)):
+        return info
+    mean_fps = (len(times) - 1) / times[-1]
+    return dataclasses.replace(info, fps=mean_fps, timestamps=tuple(times),
+                               notes=(*info.notes, f"variable frame rate (mean {mean_fps:.3g} fps): "
+                                                   f"frames picked by timestamp"))
 
 
 def _video_notes(pix_fmt: str) -> tuple[str, ...]:
@@ -127,15 +148,17 @@ SEEK_AFTER = 48
 """read_frames seeks (to the keyframe before the first wanted frame) only when that frame is at least this far in."""
 
 
-def read_frames(path: str | Path, indices: list[int] | tuple[int, ...] | None = None) -> np.ndarray:
-    """Decoded RGB frames `frames_FHWC` uint8 at the given frame indices (repeats allowed), or all."""
+def read_frames(path: str | Path, indices: list[int] | tuple[int, ...] | None = None,
+                seek: bool = True) -> np.ndarray:
+    """Decoded RGB frames `frames_FHWC` uint8 at the given frame indices (repeats allowed), or all.
+    seek=False decodes from the start (needed for variable-frame-rate files)."""
     import av
 
     path = Path(path)
     wanted = None if indices is None else set(indices)
     found: dict[int, np.ndarray] = {}
     try:
-        if wanted and min(wanted) >= SEEK_AFTER:
+        if seek and wanted and min(wanted) >= SEEK_AFTER:
             found = _read_after_seek(path, wanted)
         if wanted is None or not found:
             found = _read_sequential(path, wanted)
