@@ -82,26 +82,29 @@ class WanVAE:
         return (self._mean_C.to(like.device).view(shape), self._std_C.to(like.device).view(shape))
 
     @torch.no_grad()
-    def encode(self, video_BCFHW: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
-        """Video in [-1, 1] (F = 4n+1) -> normalised latent mean (B, z_dim, F', H/s, W/s), float32."""
+    def encode(self, video_BCFHW: torch.Tensor, tiled: bool | None = None, tile: int | None = None) -> torch.Tensor:
+        """Video in [-1, 1] (F = 4n+1) -> normalised latent mean (B, z_dim, F', H/s, W/s), float32.
+
+        tiled: None = tile only when the frame does not fit memory; tile: tile size in pixels (default: by memory).
+        """
         self._check_video(video_BCFHW)
         _, _, frames, height, width = video_BCFHW.shape
-        self._set_tiling(self.plan_tiles(height, width, tiled, encode=True))
+        self._set_tiling(self.plan_tiles(height, width, tiled, tile))
         posterior = self.model.encode(video_BCFHW.to(self.device, self.dtype)).latent_dist
         mean_BCFHW = posterior.mean.float()
         mu, sigma = self._stats(mean_BCFHW)
         return (mean_BCFHW - mu) / sigma
 
     @torch.no_grad()
-    def decode(self, latents_BCFHW: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
-        """Normalised latents -> video (B, 3, F, H, W) clamped to [-1, 1], float32."""
+    def decode(self, latents_BCFHW: torch.Tensor, tiled: bool | None = None, tile: int | None = None) -> torch.Tensor:
+        """Normalised latents -> video (B, 3, F, H, W) clamped to [-1, 1], float32 (tiled, tile: as encode)."""
         if latents_BCFHW.ndim != 5 or latents_BCFHW.shape[1] != self.z_dim:
             raise UserError(f"latents of shape {tuple(latents_BCFHW.shape)}: the Wan {self.version} VAE decodes "
                             f"(B, {self.z_dim}, F, H, W) latents")
         mu, sigma = self._stats(latents_BCFHW)
         z_BCFHW = latents_BCFHW.float() * sigma + mu
         _, _, _, h, w = z_BCFHW.shape
-        self._set_tiling(self.plan_tiles(h * self.stride[1], w * self.stride[2], tiled, encode=False))
+        self._set_tiling(self.plan_tiles(h * self.stride[1], w * self.stride[2], tiled, tile))
         video = self.model.decode(z_BCFHW.to(self.device, self.dtype)).sample
         return video.float().clamp_(-1.0, 1.0)
 
@@ -124,11 +127,16 @@ class WanVAE:
         # one causal chunk is 4 frames plus 2 cached frames at full resolution
         return _ACTIVATION_FACTOR * channels * pixels * 6 * size
 
-    def plan_tiles(self, height: int, width: int, tiled: bool | None, encode: bool = False,
+    def plan_tiles(self, height: int, width: int, tiled: bool | None, tile: int | None = None,
                    budget: int | None = None) -> TilePlan:
         """Choose the tile size: none when the whole frame fits `budget` (default: free device memory)."""
         if tiled is False:
             return TilePlan(None, None)
+        if tile is not None:
+            unit = 4 * self.stride[1]
+            if tile % unit:
+                raise UserError(f"VAE tile size {tile}: must be a multiple of {unit} pixels for the Wan {self.version} VAE")
+            return TilePlan(tile, tile * 3 // 4)
         budget = _memory_budget(self.device) if budget is None else budget
         if tiled is None and self.memory_estimate(height, width) <= budget:
             return TilePlan(None, None)
