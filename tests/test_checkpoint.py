@@ -262,10 +262,14 @@ def test_infer_variant_diffusers_and_comfyui_names(name):
     assert infer_variant(prefixed) == plain
 
 
-def test_infer_variant_high_noise_hint_picks_wan22():
+def test_infer_variant_path_hints():
     state = meta_state("wan2.2_t2v_A14B_expert")
     assert infer_variant(state, hint="wan2.2_t2v_high_noise_14B_fp16.safetensors") == ["wan2.2-t2v-a14b"]
     assert infer_variant(state, hint="Wan2.2-T2V-A14B/low_noise_model") == ["wan2.2-t2v-a14b"]
+    assert infer_variant(state, hint="/models/wan2.2-loras/wan2.1_t2v_14B.safetensors") == ["wan2.1-t2v-14b"]
+    assert infer_variant(state, hint="/models/Wan2.1-T2V-14B/diffusion_pytorch_model.safetensors.index.json") == [
+        "wan2.1-t2v-14b"]
+    assert infer_variant(state, hint="/models/t2v_14B.safetensors") == ["wan2.1-t2v-14b", "wan2.2-t2v-a14b"]
 
 
 def test_tiny_shapes_match_no_full_variant():

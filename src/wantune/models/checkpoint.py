@@ -132,7 +132,7 @@ def resolve_variant(variant: str | WanVariant | None, shapes: dict, source: Path
     if variant is not None:
         return get_variant(variant)
     arch = architecture(shapes, str(source))
-    candidates = infer_variant(shapes, hint=f"{source} {hint or ''}")
+    candidates = infer_variant(shapes, hint=hint or source)
     if len(candidates) == 1:
         return VARIANTS[candidates[0]]
     if candidates:

@@ -82,7 +82,7 @@ def layout_name(weights: WeightFiles, kind: str, naming: str) -> str:
     return "official"
 
 
-def describe_weights(weights: WeightFiles, hint: str | None = None) -> dict:
+def describe_weights(weights: WeightFiles, hint: str | None = None, expert: str | None = None) -> dict:
     """kind, format, dtype, parameters (+ variant and architecture for a transformer) of one weights set."""
     kind, naming = weights.kind_and_naming
     if kind == "unknown":
@@ -100,7 +100,9 @@ def describe_weights(weights: WeightFiles, hint: str | None = None) -> dict:
         info["shards"] = len(weights.files)
     details = {"transformer": transformer_details, "vae": vae_details, "text_encoder": text_encoder_details}
     if kind in details:
-        info.update(details[kind](weights, f"{weights.path} {hint or ''}"))
+        info.update(details[kind](weights, hint or str(weights.path)))
+    if kind == "transformer" and (expert or expert_hint(weights.path)):
+        info["expert"] = expert or expert_hint(weights.path)
     return info
 
 
@@ -110,12 +112,8 @@ def transformer_details(weights: WeightFiles, hint: str) -> dict:
     candidates = infer_variant(shapes, hint=hint)
     data = arch.to_json()
     data["families"] = list(narrow_families(arch.families, hint))
-    info = {"variant": candidates[0] if len(candidates) == 1 else None, "candidates": candidates,
+    return {"variant": candidates[0] if len(candidates) == 1 else None, "candidates": candidates,
             "architecture": data}
-    expert = expert_hint(hint)
-    if expert:
-        info["expert"] = expert
-    return info
 
 
 def vae_details(weights: WeightFiles, hint: str) -> dict:
@@ -141,7 +139,7 @@ def describe_folder(folder: Path) -> dict:
     experts = _expert_folders(folder)
     info: dict = {"path": str(folder)}
     if experts:
-        described = {name: describe_weights(WeightFiles.open(sub), hint=f"wan2.2 {name}")
+        described = {name: describe_weights(WeightFiles.open(sub), hint="wan2.2", expert=name)
                      for name, sub in experts.items()}
         first = next(iter(described.values()))
         variants = {d["variant"] for d in described.values()}

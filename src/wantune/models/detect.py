@@ -118,18 +118,20 @@ def matches(variant: WanVariant, arch: Architecture) -> bool:
 
 
 def family_hint(path: str | Path | None) -> str | None:
-    """wan2.1 / wan2.2 when a path names it (`wan2.2_...`, `high_noise_model/`, ...), else None."""
-    for family, pattern in _FAMILY_HINTS:
-        if path is not None and pattern.search(str(path)):
-            return family
+    """wan2.1 / wan2.2 as a path names it (`wan2.2_...`, `high_noise_model/`), the file name before its folders."""
+    for part in reversed(Path(path).parts if path is not None else ()):
+        for family, pattern in _FAMILY_HINTS:
+            if pattern.search(part):
+                return family
     return None
 
 
 def expert_hint(path: str | Path | None) -> str | None:
     """high_noise / low_noise when a path names an A14B expert, else None."""
-    for expert, pattern in _EXPERT_HINTS:
-        if path is not None and pattern.search(str(path)):
-            return expert
+    for part in reversed(Path(path).parts if path is not None else ()):
+        for expert, pattern in _EXPERT_HINTS:
+            if pattern.search(part):
+                return expert
     return None
 
 
