@@ -121,5 +121,11 @@ def test_short_clips_explain_the_missing_samples(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("dataset_*.toml")), ids=lambda p: p.name)
 def test_example_configs_parse(path):
+    import tomllib
+
+    from wantune import config
+    from wantune.data.config import DatasetConfig
+
     cfg = load_dataset_config(path)
     assert cfg.datasets and all(entry.path.is_absolute() for entry in cfg.datasets)
+    assert config.load(DatasetConfig, tomllib.loads(config.dumps(cfg))) == cfg  # a run folder can hold it
