@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     r.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="transformer precision")
+    r.add_argument("--offload", action="store_true",
+                   help="A14B: keep only the active expert on the GPU, the other on the CPU")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_generate)
 
@@ -95,6 +97,6 @@ def run_generate(args: argparse.Namespace) -> int:
         loras=[parse_lora_arg(x) for x in args.lora], loras_low=[parse_lora_arg(x) for x in args.lora_low],
         fp8=args.fp8)
     settings = RunSettings(sampler=args.sampler, device=args.device, dtype=args.dtype,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, offload=args.offload)
     generate(spec, build_requests(args), args.out, settings)
     return 0

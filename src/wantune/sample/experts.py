@@ -26,6 +26,8 @@ class ExpertPair:
     """The low-noise expert (diffusers `transformer_2`); runs for t < boundary·1000."""
     boundary: float
     """Switch point as a fraction of the 1000 training timesteps (0.875 for T2V-A14B, 0.9 for I2V-A14B)."""
+    offload_device: str | torch.device | None = None
+    """When set, only the active expert is kept on this device; the other one waits on the CPU."""
 
     def __post_init__(self):
         if not 0.0 <= self.boundary <= 1.0:
@@ -38,6 +40,14 @@ class ExpertPair:
     def expert(self, t: float | torch.Tensor) -> nn.Module:
         """The module that denoises at shifted timestep `t`."""
         return self.high if self.which(t) == "high" else self.low
+
+    def activate(self, name: str) -> nn.Module:
+        """The expert `name` ('high' | 'low'), moved to `offload_device` (the other to the CPU) when set."""
+        model = self.high if name == "high" else self.low
+        if self.offload_device is not None and self.low is not self.high:
+            (self.low if name == "high" else self.high).to("cpu")
+            model.to(self.offload_device)
+        return model
 
     def experts(self) -> dict[str, nn.Module]:
         """Both experts by name (one entry for a single model)."""

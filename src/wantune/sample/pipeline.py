@@ -67,6 +67,8 @@ class RunSettings:
     """bf16 | fp16 | fp32 for the transformer (default bf16 on GPU, fp32 on CPU)."""
     progress: bool = True
     """Show a progress bar over the sampling steps."""
+    offload: bool = False
+    """A14B: keep only the active expert on the GPU (the other on the CPU); the text encoder is always freed."""
 
 
 def generate(spec: ModelSpec, requests: list[PromptSpec], out: str | Path,
@@ -80,7 +82,7 @@ def generate(spec: ModelSpec, requests: list[PromptSpec], out: str | Path,
     validate(spec, variant, requests, outputs, settings)
 
     contexts = encode_prompts(spec, variant, requests, device)
-    denoiser = load_denoiser(spec, variant, dtype, device)
+    denoiser = load_denoiser(spec, variant, dtype, device, offload=settings.offload)
     vae, clip = load_image_models(spec, variant, device)
     written = []
     for request, (context, negative), path in zip(requests, contexts, outputs):
@@ -166,13 +168,16 @@ def encode_prompts(spec: ModelSpec, variant: WanVariant, requests: list[PromptSp
              pad_context([embeds[r.negative_prompt]], variant.text_len).float()) for r in requests]
 
 
-def load_denoiser(spec: ModelSpec, variant: WanVariant, dtype: torch.dtype, device: torch.device):
+def load_denoiser(spec: ModelSpec, variant: WanVariant, dtype: torch.dtype, device: torch.device,
+                  offload: bool = False):
     """The WanModel (or A14B ExpertPair) with its LoRAs attached, optionally stored in fp8."""
     from wantune.models.checkpoint import load_expert_pair, load_transformer
     from wantune.sample.experts import ExpertPair
 
+    offload = offload and variant.is_expert_pair and device.type != "cpu"
     if variant.is_expert_pair:
-        high, low = load_expert_pair(spec.model, spec.model_low, variant=variant, dtype=dtype, device=device)
+        high, low = load_expert_pair(spec.model, spec.model_low, variant=variant, dtype=dtype,
+                                     device="cpu" if offload else device)
         experts = {"high": (high, spec.loras), "low": (low, spec.loras_low)}
     else:
         experts = {"high": (load_transformer(spec.model, variant=variant, dtype=dtype, device=device),
@@ -185,7 +190,8 @@ def load_denoiser(spec: ModelSpec, variant: WanVariant, dtype: torch.dtype, devi
 
             quantize_blocks_fp8(model)
     if variant.is_expert_pair:
-        return ExpertPair(experts["high"][0], experts["low"][0], variant.boundary)
+        return ExpertPair(experts["high"][0], experts["low"][0], variant.boundary,
+                          offload_device=device if offload else None)
     return experts["high"][0]
 
 

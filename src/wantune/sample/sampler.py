@@ -79,7 +79,7 @@ def sample_video(
         latents = _with_first_frame(latents, first_frame_BCFHW)
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress)):
         name = pair.which(t)
-        expert = pair.high if name == "high" else pair.low
+        expert = pair.activate(name)
         dtype = compute_dtype(expert)
         t_model = _model_timestep(t, latents, first_frame_BCFHW, expert)
         kwargs = dict(y_BCFHW=None if y_BCFHW is None else y_BCFHW.to(dtype),
