@@ -28,14 +28,14 @@ def test_every_example_parses_and_round_trips(path, tmp_path):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_parses(name, tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text(f'preset = "{name}"\n[model]\ntiny = true\n[regularisation.dop]\ntrigger = "sks"\n')
+    f.write_text(f'preset = "{name}"\n[model]\ntiny = true\n[data.synthetic]\n[regularisation.dop]\ntrigger = "sks"\n')
     cfg = load_train_config(f)
     assert cfg.preset == name and cfg.network.rank == PRESETS[name]["network"]["rank"]
     assert cfg.training.steps == PRESETS[name]["training"]["steps"]
 
 
 def test_user_keys_win_over_preset_and_epochs_replace_steps():
-    user = {"network": {"rank": 8}, "training": {"epochs": 3}, "model": {"tiny": True},
+    user = {"network": {"rank": 8}, "training": {"epochs": 3}, "model": {"tiny": True}, "data": {"synthetic": {}},
             "regularisation": {"dop": {"trigger": "x"}}}
     cfg = typed.load(TrainConfig, apply_preset(user, "character"))
     assert cfg.network.rank == 8 and cfg.network.alpha == 16.0 and cfg.training.epochs == 3
@@ -56,10 +56,13 @@ def test_bad_key_fails_with_path_and_suggestion(tmp_path):
 
 def test_cross_field_checks(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text("[model]\nvariant = 'wan2.1-t2v-1.3b'\n")
+    f.write_text("[model]\ntiny = true\n")
+    with pytest.raises(UserError, match="set exactly one of data.dataset_config"):
+        load_train_config(f)
+    f.write_text("[model]\nvariant = 'wan2.1-t2v-1.3b'\n[data.synthetic]\n")
     with pytest.raises(UserError, match="model.checkpoint"):
         load_train_config(f)
-    f.write_text("[model]\ntiny = true\n[training]\nsteps = 5\nepochs = 2\n")
+    f.write_text("[model]\ntiny = true\n[data.synthetic]\n[training]\nsteps = 5\nepochs = 2\n")
     with pytest.raises(UserError, match="exactly one of steps or epochs"):
         load_train_config(f)
     f.write_text("[model]\ntiny = true\n[data]\nlatents_file = 'a.safetensors'\n[data.synthetic]\n")
@@ -69,7 +72,7 @@ def test_cross_field_checks(tmp_path):
 
 def test_overrides_apply(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text("[model]\ntiny = true\n")
+    f.write_text("[model]\ntiny = true\n[data.synthetic]\n")
     cfg = load_train_config(f, ["optimizer.lr=5e-5", "experts.train=high"])
     assert cfg.optimizer.lr == 5e-5 and cfg.experts.train == "high"
 
@@ -78,7 +81,7 @@ def test_i2v_preview_without_image_rejected_at_load(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a fox runs --w 64 --h 64\n")
     f = tmp_path / "c.toml"
-    f.write_text(f"[model]\nvariant = 'wan2.2-i2v-a14b'\ntiny = true\n"
+    f.write_text(f"[model]\nvariant = 'wan2.2-i2v-a14b'\ntiny = true\n[data.synthetic]\n"
                  f"[previews]\nevery_steps = 10\nprompts_file = '{prompts}'\n")
     with pytest.raises(UserError, match="prompt 1 has no image"):
         load_train_config(f)
@@ -89,7 +92,7 @@ def test_i2v_preview_without_image_rejected_at_load(tmp_path):
 
 def test_cli_check_prints_resolved_config_and_bad_key_exits_2(tmp_path, capsys):
     f = tmp_path / "c.toml"
-    f.write_text("preset = 'motion'\n[model]\ntiny = true\n")
+    f.write_text("preset = 'motion'\n[model]\ntiny = true\n[data.synthetic]\n")
     assert cli_main(["train", str(f), "--check"]) == 0
     assert "rank = 16" in capsys.readouterr().out
     f.write_text("[model]\ntiny = true\nrnak = 3\n")
@@ -104,3 +107,12 @@ def test_recommendations_follow_the_guides_tables():
     assert recommend(1000).rank in range(96, 129) and recommend(1000).epochs in range(8, 13)
     small = recommend(20)
     assert small.rank == 16 and small.epochs == 100 and small.alpha == small.rank
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    f = tmp_path / "sub" / "c.toml"
+    f.parent.mkdir()
+    f.write_text("[model]\ntiny = true\n[data]\ndataset_config = 'data.toml'\n[saving]\noutput_dir = 'runs'\n")
+    cfg = load_train_config(f)
+    assert cfg.data.dataset_config == f.parent / "data.toml" and cfg.data.cache_dir == f.parent / "cache"
+    assert cfg.saving.output_dir == f.parent / "runs"

@@ -7,6 +7,7 @@ validates cross-field rules, so that a bad run fails before any weight is loaded
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ class ModelConfig:
     """UMT5 encoder weights (previews, and DOP when the data carries no class-prompt embeddings)."""
     tokenizer: Path | None = None
     """Tokenizer folder for the text encoder."""
+    clip: Path | None = None
+    """CLIP vision weights (Wan 2.1 I2V/FLF2V caching only)."""
 
 
 @dataclass
@@ -66,6 +69,8 @@ class DataConfig:
 
     dataset_config: Path | None = None
     """A wantune dataset TOML whose latents and text embeddings are cached (`wantune cache`)."""
+    cache_dir: Path | None = None
+    """Where `wantune cache` wrote the cache (default: `cache/` beside the training config)."""
     latents_file: Path | None = None
     """A safetensors file of precomputed samples (`latents.N`, `context.N`, optional `cond.N`, `clip.N`)."""
     synthetic: SyntheticData | None = None
@@ -330,7 +335,7 @@ class TrainConfig:
     """A whole training run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(synthetic=SyntheticData()))
+    data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -349,6 +354,7 @@ class TrainConfig:
         from wantune.models.variants import get_variant
 
         variant = get_variant(self.model.variant)
+        self.data.validate()
         if not self.model.tiny:
             require(self.model.checkpoint or (self.model.checkpoint_high and self.model.checkpoint_low),
                     "model.checkpoint: set the transformer weights (or model.tiny = true for a demo)")
@@ -373,11 +379,24 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
                    o.partition("=")[0].strip() == "preset"), data.get("preset"))
     if preset:
         data = apply_preset(data, preset)
+    if isinstance(data.get("data"), dict) and data["data"].get("dataset_config") and "cache_dir" not in data["data"]:
+        data["data"]["cache_dir"] = "cache"  # where `wantune cache` puts it for this config
     try:
-        return typed.load(TrainConfig, data, overrides)
+        cfg = typed.load(TrainConfig, data, overrides)
     except UserError as exc:
         message = str(exc)
         raise UserError(f"{path}{message[len('config'):]}" if message.startswith("config:") else message) from None
+    return resolve_paths(cfg, path.resolve().parent)
+
+
+def resolve_paths(obj, base: Path):
+    """A copy with every relative Path made absolute against `base` (the config file's folder)."""
+    if isinstance(obj, Path):
+        return obj if obj.is_absolute() else base / obj
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{f.name: resolve_paths(getattr(obj, f.name), base)
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
 
 
 def save_resolved(cfg: TrainConfig, path: Path) -> None:

@@ -44,10 +44,10 @@ def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
     bar = progress_bar(start, total, cfg.logging.progress_bar)
     for step in range(start, total):
         unit = experts.unit_for(step)
-        epochs_before = data.loader.completed_epochs
+        epochs_before = data.completed_epochs
         micro_batches = [data.loader.next_batch() for _ in range(cfg.training.grad_accumulation)]
         result = train_step(unit, micro_batches, ctx)
-        run.after_step(step + 1, unit, result, data.loader.completed_epochs > epochs_before, bar)
+        run.after_step(step + 1, unit, result, data.completed_epochs > epochs_before, bar)
         bar.update(1)
     bar.close()
     files = save_final(run_dir, cfg, units, variant, run.lora_metadata())
@@ -85,7 +85,7 @@ class Run:
     def announce(self, start: int) -> None:
         from wantune.train.presets import recommend
 
-        n = len(self.data.loader.samples)
+        n = self.data.num_samples
         rec = recommend(n)
         where = f"resuming at step {start}" if start else "starting"
         self.log.message(f"{where}: {self.total} steps, {n} training samples, {len(self.data.validation)} "
@@ -106,7 +106,7 @@ class Run:
         messages = self.diagnostics.on_step(step, result.loss, result.skipped)
         bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)
         saving = _due(step, cfg.saving.every_steps) or (epoch_ended and cfg.saving.every_epochs > 0 and
-                                                        self.data.loader.completed_epochs % cfg.saving.every_epochs == 0)
+                                                        self.data.completed_epochs % cfg.saving.every_epochs == 0)
         if saving:
             self.last_checkpoint = self.save(step).name
         if _due(step, cfg.validation.every_steps) and self.data.validation:
@@ -141,7 +141,7 @@ class Run:
         """Training settings carried by every LoRA file (self-describing artifacts)."""
         cfg = self.cfg
         return {"wantune.train.steps": step if step is not None else self.total,
-                "wantune.train.samples": len(self.data.loader.samples),
+                "wantune.train.samples": self.data.num_samples,
                 "wantune.train.lr": cfg.optimizer.lr, "wantune.train.optimizer": cfg.optimizer.name,
                 "wantune.train.timesteps": f"{cfg.timesteps.sampling}/{cfg.timesteps.bias}",
                 "wantune.train.config": typed.dumps(cfg)}

@@ -197,21 +197,29 @@ class SampleLoader:
 
 
 class RunData:
-    """The training loader and the validation samples of a run."""
+    """The training loader (in-memory or cached: `next_batch`, `state_dict`, `epoch`, `batches_per_epoch`)
+    and the validation samples of a run."""
 
-    def __init__(self, loader: SampleLoader, validation: list[dict]):
-        self.loader, self.validation = loader, validation
+    def __init__(self, loader, validation: list[dict], num_samples: int):
+        self.loader, self.validation, self.num_samples = loader, validation, num_samples
+
+    @property
+    def completed_epochs(self) -> int:
+        """Epochs fully drawn (the cached loader moves to the next epoch right after its last batch)."""
+        return getattr(self.loader, "completed_epochs", self.loader.epoch)
 
 
 def build_data(cfg, variant: WanVariant) -> RunData:
     """Samples from the configured source, split for validation, regularisation samples mixed in."""
     data = cfg.data
+    if data.dataset_config is not None:
+        from wantune.train.cached import build_cached
+
+        return RunData(*build_cached(cfg, variant))
     if data.synthetic is not None:
         samples = synthetic_samples(data.synthetic, variant)
-    elif data.latents_file is not None:
-        samples = load_samples(data.latents_file)
     else:
-        samples = cached_samples(data.dataset_config, variant)
+        samples = load_samples(data.latents_file)
     train, validation = split_samples(samples, cfg.validation.split, cfg.training.seed)
     if cfg.validation.latents_file is not None:
         validation = load_samples(cfg.validation.latents_file, "validation.latents_file")
@@ -220,7 +228,7 @@ def build_data(cfg, variant: WanVariant) -> RunData:
         train = train + [{**s, "weight": s["weight"] * data.regularisation_weight} for s in extra]
     _check_shapes(train + validation, variant)
     loader = SampleLoader(train, cfg.training.batch_size, data.shuffle, cfg.training.seed, data.caption_dropout)
-    return RunData(loader, validation)
+    return RunData(loader, validation, len(train))
 
 
 def _check_shapes(samples: list[dict], variant: WanVariant) -> None:
@@ -236,9 +244,3 @@ def _check_shapes(samples: list[dict], variant: WanVariant) -> None:
             raise UserError(f"sample {s['sample_id']}: text embedding width {s['context_LD'].shape[-1]} "
                             f"but the model expects {variant.text_dim}")
 
-
-def cached_samples(dataset_config, variant: WanVariant) -> list[dict]:
-    """Samples from a dataset's caches (`wantune cache`)."""
-    raise UserError(f"data.dataset_config = {dataset_config}: training from cached datasets is not available in "
-                    "this build yet; export the samples with wantune.train.sources.save_samples and use "
-                    "data.latents_file")
