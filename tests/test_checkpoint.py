@@ -335,3 +335,21 @@ def test_folder_with_one_weights_file(tmp_path):
     shutil.copy(T2V, tmp_path / "diffusion_pytorch_model.safetensors")
     model = load_transformer(tmp_path, TINY_T2V, dtype=torch.float32)
     assert_same_weights(model, load_file(T2V))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to count allocated bytes exactly")
+def test_loading_to_gpu_holds_one_copy(tmp_path):
+    """Meta init + assign: the GPU never holds more than the model's own bytes (no init copy, no staging)."""
+    from wantune.models.transformer import WanModel
+
+    variant = get_variant("wan2.2-t2v-a14b", dim=512, ffn_dim=2048, num_heads=4, num_layers=8, text_dim=64)
+    with torch.device("meta"):
+        shapes = WanModel(variant).state_dict()
+    torch.manual_seed(0)
+    save_file({k: torch.randn(v.shape).half() for k, v in shapes.items()}, tmp_path / "mid_fp16.safetensors")
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    model = load_transformer(tmp_path / "mid_fp16.safetensors", variant, dtype=torch.bfloat16, device="cuda")
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert model_bytes <= torch.cuda.memory_allocated() - start <= model_bytes * 1.01
+    assert torch.cuda.max_memory_allocated() - start <= model_bytes * 1.01
