@@ -37,3 +37,22 @@ def test_train_on_a_cached_dataset(tmp_path, capsys):
     assert [r["step"] for r in records] == [1, 2, 3, 4] and sum("val/loss" in r for r in records) == 2
     assert (run / "wan2.1_t2v_cached_v1.safetensors").is_file()
     assert "2 training samples, 1 validation samples" in (run / "train.log").read_text()
+
+
+def test_dop_on_cached_data_encodes_the_class_prompts(tmp_path, capsys):
+    pytest.importorskip("wantune.models.text_encoder")
+    clips = tmp_path / "clips"
+    for name, value in (("a", 60), ("b", 200)):
+        solid_image(clips / f"{name}.png", 40, 40, value=value)
+        (clips / f"{name}.txt").write_text(f"sks dog number {name}")
+    (tmp_path / "data.toml").write_text('[[datasets]]\npath = "clips"\nresolution = [32, 32]\n')
+    train = tmp_path / "train.toml"
+    train.write_text(f'[model]\nvariant = "wan2.1-t2v-1.3b"\ntiny = true\ndtype = "fp32"\nvae = "{VAE}"\n'
+                     f'text_encoder = "{UMT5}"\ntokenizer = "{TOKENIZER}"\n[data]\ndataset_config = "data.toml"\n'
+                     '[regularisation.dop]\nenabled = true\ntrigger = "sks"\nclass_word = "a"\n'
+                     '[saving]\noutput_dir = "runs"\nname = "dop"\n[logging]\ntensorboard = false\n'
+                     'progress_bar = false\n[training]\nsteps = 2\nmixed_precision = "no"\n')
+    assert cli_main(["cache", str(train), "--dtype", "fp32", "--no-progress"]) == 0, capsys.readouterr().err
+    assert cli_main(["train", str(train)]) == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (tmp_path / "runs/dop/metrics.jsonl").read_text().splitlines()]
+    assert all("loss/dop" in r for r in records)

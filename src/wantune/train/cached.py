@@ -57,10 +57,10 @@ def build_cached(cfg, variant: WanVariant):
         dop = cfg.regularisation.dop
         keys = {s.sample_id: text_key(replace_trigger(s.caption, dop.trigger, dop.class_word), info["text_encoder"])
                 for s in samples}
-        missing = [sid for sid, key in keys.items() if not store.has("text", key)]
-        if missing:
-            raise UserError(f"{cache_dir}: the DOP class prompts are not cached ({len(missing)} missing); run "
-                            "`wantune cache` with regularisation.dop set in the training config")
+        prompts = {replace_trigger(s.caption, dop.trigger, dop.class_word) for s in samples
+                   if not store.has("text", keys[s.sample_id])}
+        if prompts:
+            _cache_prompts(cfg, store, info, sorted(prompts))
         loader = DopContexts(loader, store, keys)
         for sample in validation:
             sample["context_dop_LD"] = store.load("text", keys[sample["sample_id"]])["context"]
@@ -76,3 +76,23 @@ def _held_out(count: int, fraction: float, seed: int) -> set[int]:
     order = list(range(count))
     random.Random(seed).shuffle(order)
     return set(order[:n_val])
+
+
+def _cache_prompts(cfg, store, info: dict, prompts: list[str]) -> None:
+    """Encode the DOP class prompts the cache lacks with the very encoder the cache was built with."""
+    import torch
+
+    from wantune.cache.encode import cache_texts
+
+    where = f"{store.root}: {len(prompts)} DOP class prompts are not cached"
+    if cfg.model.text_encoder is None or cfg.model.tokenizer is None:
+        raise UserError(f"{where}; set model.text_encoder and model.tokenizer so the run can encode them")
+    from wantune.models.text_encoder import load_text_encoder
+
+    dtype = getattr(torch, info["text_encoder"].rsplit(":", 1)[-1], torch.bfloat16)
+    encoder = load_text_encoder(cfg.model.text_encoder, cfg.model.tokenizer, dtype=dtype)
+    if encoder.identity != info["text_encoder"]:
+        raise UserError(f"{where}, and model.text_encoder is not the encoder the cache was built with; "
+                        "point it at the same files")
+    cache_texts(prompts, store, encoder, progress=False)
+    del encoder
