@@ -19,6 +19,7 @@ import torch
 
 from wantune.errors import UserError
 from wantune.models import vae_convert
+from wantune.models.formats import load_torch_file
 
 # Official per-channel latent statistics (Wan-Video wan/modules/vae2_1.py and vae2_2.py).
 WAN21_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -217,22 +218,14 @@ def read_vae_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
     """Raw tensors of one .safetensors / .pth / .bin file."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if path.suffix != ".safetensors":
+        return load_torch_file(path)
+    from safetensors.torch import load_file
 
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise UserError(f"{path}: not a readable safetensors file ({e})") from None
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise UserError(f"{path}: holds a {type(sd).__name__}, not a state dict of VAE weights")
-    return sd
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def _strip_prefix(sd: dict, path: Path) -> dict:
