@@ -353,15 +353,20 @@ class TrainConfig:
     def validate(self) -> None:
         from wantune.models.variants import get_variant
 
-        variant = get_variant(self.model.variant)
+        get_variant(self.model.variant)
         self.data.validate()
         if not self.model.tiny:
             require(self.model.checkpoint or (self.model.checkpoint_high and self.model.checkpoint_low),
                     "model.checkpoint: set the transformer weights (or model.tiny = true for a demo)")
+
+    def check_files(self) -> None:
+        """Checks that read files (after paths are resolved): the previews' prompt file and its images."""
+        from wantune.models.variants import get_variant
+
         if self.previews.every_steps:
             from wantune.train.previews import check_prompts
 
-            check_prompts(self.previews, variant)
+            check_prompts(self.previews, get_variant(self.model.variant))
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -386,7 +391,9 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     except UserError as exc:
         message = str(exc)
         raise UserError(f"{path}{message[len('config'):]}" if message.startswith("config:") else message) from None
-    return resolve_paths(cfg, path.resolve().parent)
+    cfg = resolve_paths(cfg, path.resolve().parent)
+    cfg.check_files()
+    return cfg
 
 
 def resolve_paths(obj, base: Path):

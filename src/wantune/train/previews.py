@@ -26,44 +26,73 @@ def check_prompts(cfg: PreviewConfig, variant: WanVariant) -> list:
             raise UserError(f"{cfg.prompts_file}: prompt {number} has no image; {variant.name} previews need "
                             "`--i IMAGE` on every prompt")
         for image in (spec.image, spec.last_image):
-            if image and not (Path(cfg.prompts_file).parent / image).is_file() and not Path(image).is_file():
+            if image and not Path(_image_path(image, cfg)).is_file():
                 raise UserError(f"{cfg.prompts_file}: prompt {number}: image {image} not found")
     return specs
 
 
-def render_previews(models: dict, cfg, variant: WanVariant, step: int, run_dir: Path, device) -> list[Path]:
-    """Sample every preview prompt with the current weights; returns the written video files."""
-    import torch
+def render_previews(models: dict, cfg, variant: WanVariant, step: int, run_dir: Path, device,
+                    frozen: dict | None = None) -> list[Path]:
+    """Sample every preview prompt with the current weights (sampler of `wantune generate`); returns the files.
 
-    from wantune.models.text_encoder import load_text_encoder, pad_context
-    from wantune.models.vae import load_vae
-    from wantune.data.video import write_video
-    from wantune.sample.experts import ExpertPair
-    from wantune.sample.sampler import latent_shape, make_noise, sample_video
-    from wantune.sample.schedulers import make_scheduler
+    `frozen` caches an A14B expert that is not trained but needed for previews (loaded once per run).
+    """
+    import dataclasses
 
-    if cfg.model.vae is None or cfg.model.text_encoder is None:
-        raise UserError("previews: set model.vae and model.text_encoder (and model.tokenizer) to render previews")
-    pcfg = cfg.previews
-    specs = check_prompts(pcfg, variant)
-    encoder = load_text_encoder(cfg.model.text_encoder, cfg.model.tokenizer, dtype=torch.bfloat16, device=device)
-    vae = load_vae(cfg.model.vae, dtype=torch.float32, device=device)
-    model = ExpertPair(models["high"], models["low"], variant.boundary) if "low" in models and "high" in models \
-        else next(iter(models.values()))
+    from wantune.sample.pipeline import ModelSpec, RunSettings, denoise, encode_prompts, load_image_models, \
+        resolve_request, write_output
+
+    mcfg, pcfg = cfg.model, cfg.previews
+    if mcfg.vae is None or mcfg.text_encoder is None or mcfg.tokenizer is None:
+        raise UserError("previews: set model.vae, model.text_encoder and model.tokenizer to render previews")
+    spec = ModelSpec(model=str(mcfg.checkpoint or "<training>"), vae=str(mcfg.vae), text_encoder=str(mcfg.text_encoder),
+                     tokenizer=str(mcfg.tokenizer), clip=None if mcfg.clip is None else str(mcfg.clip),
+                     variant=variant.name)
+    settings = RunSettings(progress=False)
+    requests = [resolve_request(s.with_defaults(width=pcfg.width, height=pcfg.height, frames=pcfg.frames,
+                                                seed=pcfg.seed, steps=pcfg.steps, guidance=pcfg.guidance), variant)
+                for s in check_prompts(pcfg, variant)]
+    requests = [dataclasses.replace(r, image=_image_path(r.image, pcfg), last_image=_image_path(r.last_image, pcfg))
+                for r in requests]
+    contexts = encode_prompts(spec, variant, requests, device)
+    vae, clip = load_image_models(spec, variant, device)
+    denoiser = _denoiser(models, cfg, variant, device, {} if frozen is None else frozen)
+    modes = {name: m.training for name, m in models.items()}
     written = []
-    for number, spec in enumerate(specs):
-        spec = spec.with_defaults(width=pcfg.width, height=pcfg.height, frames=pcfg.frames, seed=pcfg.seed,
-                                  steps=pcfg.steps, guidance=pcfg.guidance, shift=variant.shift,
-                                  negative_prompt=variant.negative_prompt)
-        ctx, neg = (pad_context(encoder.encode([p]), variant.text_len).to(device)
-                    for p in (spec.prompt, spec.negative_prompt))
-        noise = make_noise(latent_shape(variant, spec.frames, spec.height, spec.width), spec.seed).to(device)
-        latents = sample_video(model, noise, ctx, neg, spec.guidance, make_scheduler("unipc", spec.shift),
-                               spec.steps, progress=False)
-        video = vae.decode(latents)[0]
-        frames = ((video.permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
-        path = run_dir / "previews" / f"step_{step:06d}_{number}.mp4"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_video(path, frames, variant.fps, {"comment": spec.prompt})
-        written.append(path)
+    try:
+        for m in models.values():
+            m.eval()
+        for number, (request, (context, negative)) in enumerate(zip(requests, contexts)):
+            latents = denoise(denoiser, variant, request, context, negative, vae, clip, settings, device)
+            path = run_dir / "previews" / f"step_{step:06d}_{number}.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written.append(write_output(path, vae.decode(latents.to(device)), variant, request, spec, settings))
+    finally:
+        for name, m in models.items():
+            m.train(modes[name])
     return written
+
+
+def _image_path(image: str | None, pcfg: PreviewConfig) -> str | None:
+    if image is None or Path(image).is_absolute() or Path(image).is_file():
+        return image
+    return str(Path(pcfg.prompts_file).parent / image)
+
+
+def _denoiser(models: dict, cfg, variant: WanVariant, device, frozen: dict):
+    """The model, or the A14B pair (an expert not being trained is loaded frozen, so previews use both)."""
+    if not variant.is_expert_pair:
+        return next(iter(models.values()))
+    import dataclasses
+
+    from wantune.sample.experts import ExpertPair
+    from wantune.train.experts import build_models
+
+    pair = dict(models)
+    for name in ("high", "low"):
+        if name not in pair:
+            if name not in frozen:
+                other = dataclasses.replace(cfg, experts=dataclasses.replace(cfg.experts, train=name))
+                frozen[name] = build_models(other, variant)[name].to(device).eval().requires_grad_(False)
+            pair[name] = frozen[name]
+    return ExpertPair(pair["high"], pair["low"], variant.boundary)

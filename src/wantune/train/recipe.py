@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from wantune.train.validation import timestep_owners, validation_loss
 
 def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
     """Train as configured (optionally resuming `latest` or a checkpoint folder); returns the final files."""
+    cfg.check_files()
     run_dir = prepare_run_dir(cfg)
     seed_everything(cfg.training.seed)
     device = pick_device(cfg.training.device)
@@ -69,6 +70,8 @@ class Run:
     total: int = 0
     log: MetricsLog | None = None
     last_checkpoint: str | None = None
+    frozen_experts: dict = field(default_factory=dict)
+    """A14B previews: the expert not trained, loaded once."""
 
     def restore(self, checkpoint: Path | None) -> int:
         if checkpoint is None:
@@ -134,7 +137,7 @@ class Run:
         from wantune.train.previews import render_previews
 
         files = render_previews({u.name: u.model for u in self.units}, self.cfg, self.variant, step, self.run_dir,
-                                self.ctx.device)
+                                self.ctx.device, self.frozen_experts)
         self.log.message(f"step {step}: previews written: {', '.join(str(f) for f in files)}")
 
     def lora_metadata(self, step: int | None = None) -> dict:
