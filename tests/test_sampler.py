@@ -224,3 +224,18 @@ def test_i2v_mask_layout():
 def test_same_seed_same_noise():
     assert torch.equal(make_noise((1, 16, 3, 4, 4), 5), make_noise((1, 16, 3, 4, 4), 5))
     assert not torch.equal(make_noise((1, 16, 3, 4, 4), 5), make_noise((1, 16, 3, 4, 4), 6))
+
+
+def test_load_image_covers_and_centre_crops(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from wantune.sample.conditioning import load_image
+
+    pixels = np.zeros((40, 120, 3), dtype=np.uint8)  # wide image: left third red, middle green, right blue
+    pixels[:, :40, 0], pixels[:, 40:80, 1], pixels[:, 80:, 2] = 255, 255, 255
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    image = load_image(tmp_path / "wide.png", width=32, height=32)
+    assert image.shape == (3, 32, 32) and image.min() >= -1 and image.max() <= 1
+    # Scaled to height 32 (width 96), the centre 32 columns are the green third.
+    assert image[1, :, 4:28].mean() > 0.95 and image[0, :, 4:28].mean() < -0.95
