@@ -1,0 +1,246 @@
+"""`wantune bench speed`: time a full-size LoRA training step, ours against plain diffusers + peft.
+
+One process: micro-benchmarks of the step's shapes (rates, best attention backend), then our step for each
+requested precision (bf16 builds once and is quantised in place for fp8, so both train the same weights from
+the same LoRA start), then optionally the reference step. Each step is forward + MSE loss against a random
+target + backward + AdamW on the LoRA parameters, with gradient checkpointing; the losses stay on the GPU
+until the timing is over (no host syncs inside the timed steps).
+
+Legend: B batch, C channels, F/H/W latent frames/height/width, S text tokens, E CLIP width.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from wantune.errors import UserError
+from wantune.models.variants import get_variant
+from wantune.perf import numerics
+from wantune.perf.flops import latent_grid, roofline_seconds, step_flops
+from wantune.perf.memory import GIB, estimate_memory, memory_message
+from wantune.perf.micro import measure_rates
+from wantune.perf.setup import TrainSetup, prepare_fast, prepare_plain
+
+
+@dataclass
+class SpeedConfig:
+    """What `wantune bench speed` runs."""
+
+    variant: str = "wan2.2-i2v-a14b"
+    frames: int = 81
+    height: int = 480
+    width: int = 832
+    rank: int = 32
+    batch: int = 1
+    precision: tuple[str, ...] = ("bf16",)
+    """One run per precision ("bf16", "fp8")."""
+    memory_cap_gib: float | None = None
+    """torch.cuda.set_per_process_memory_fraction cap for our runs (the reference runs uncapped)."""
+    block_swap: int = 0
+    offload: bool | None = None
+    """Keep block inputs in pinned CPU memory; None: on when a memory cap is set."""
+    save_attention: bool | None = None
+    """Selective checkpointing (keep self-attention outputs); None: on unless a memory cap is set."""
+    compile: bool = True
+    attention: str = "auto"
+    """SDPA backend: auto (fastest measured), cudnn, flash, efficient, math, default (PyTorch's choice)."""
+    mode: str = "fast"
+    """fast (all of the above) or plain (per-block checkpointing, default SDPA, eager: the baseline)."""
+    warmup: int = 2
+    steps: int = 5
+    reference: bool = False
+    check: bool = False
+    """Numerics: loss and LoRA grads of the fast path against the plain path on the same weights."""
+    layers: int | None = None
+    """Override the number of blocks (smoke tests)."""
+    seed: int = 0
+
+    def validate(self) -> None:
+        bad = [p for p in self.precision if p not in ("bf16", "fp8")]
+        if bad:
+            raise UserError(f"--precision {bad[0]}: choose bf16 or fp8 (comma separated for both)")
+        if self.mode not in ("fast", "plain"):
+            raise UserError(f"--mode {self.mode}: choose fast or plain")
+        if self.steps < 1 or self.warmup < 0:
+            raise UserError("--steps must be >= 1 and --warmup >= 0")
+
+
+def run_speed(cfg: SpeedConfig, log=print) -> dict:
+    """Run the benchmark; returns the JSON-able result."""
+    cfg.validate()
+    if not torch.cuda.is_available():
+        raise UserError("wantune bench speed needs a CUDA GPU (none is visible to PyTorch)")
+    device = torch.device("cuda")
+    overrides = {"num_layers": cfg.layers} if cfg.layers else {}
+    variant = get_variant(cfg.variant, **overrides)
+    grid = latent_grid(variant, cfg.frames, cfg.height, cfg.width)
+    tokens = math.prod(grid)
+    flops = step_flops(variant, cfg.frames, cfg.height, cfg.width, cfg.batch, cfg.rank)
+    props = torch.cuda.get_device_properties(device)
+    result = {"device": props.name, "device_memory_gib": round(props.total_memory / GIB, 1),
+              "torch": torch.__version__, "config": asdict(cfg), "grid": grid, "tokens": tokens,
+              "flops": flops.as_dict(), "runs": []}
+    rates, details = measure_rates(variant, cfg.batch, tokens, cfg.rank, device, fp8="fp8" in cfg.precision)
+    result["micro"] = _jsonable(details)
+    backend = details["best_attention"] if cfg.attention == "auto" else cfg.attention
+    log(f"grid {grid} = {tokens} tokens; useful {flops.total / 1e15:.2f} PFLOP/step; attention backend {backend}")
+    baseline = _our_runs(cfg, variant, device, backend, rates, flops, result, log)
+    if cfg.reference:
+        ref = _reference_run(cfg, variant, device, flops, rates, log)
+        result["runs"].append(ref)
+        result["speedup_vs_reference"] = {
+            r["name"]: round(ref["s_per_step"] / r["s_per_step"], 3)
+            for r in result["runs"] if r is not ref and r.get("s_per_step")}
+    if baseline:
+        result["loss_curve_vs_bf16"] = baseline
+    return result
+
+
+def _our_runs(cfg, variant, device, backend, rates, flops, result, log) -> dict:
+    """Our step for each precision; returns the fp8-vs-bf16 loss-curve comparison when both ran."""
+    capped = cfg.memory_cap_gib is not None
+    offload = capped if cfg.offload is None else cfg.offload
+    save_attention = (not capped) if cfg.save_attention is None else cfg.save_attention
+    if cfg.mode == "plain":
+        save_attention, offload = False, False
+    in_place = len(cfg.precision) > 1 and cfg.precision[0] == "bf16" and not cfg.block_swap
+    setup, losses = None, {}
+    for precision in cfg.precision:
+        estimate = estimate_memory(variant, cfg.frames, cfg.height, cfg.width, cfg.batch, cfg.rank, precision,
+                                   cfg.block_swap, save_attention, offload)
+        available = cfg.memory_cap_gib or torch.cuda.get_device_properties(device).total_memory / GIB
+        log(memory_message(estimate, available))
+        _set_cap(cfg.memory_cap_gib, device)
+        try:
+            if setup is None or not in_place:
+                setup = TrainSetup.build(variant, cfg, device, precision)
+            else:
+                setup.to_fp8()
+            run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision,
+                   "memory_estimate": estimate.as_dict(), "attention_backend": backend,
+                   "settings": {"save_attention": save_attention, "offload": offload, "block_swap": cfg.block_swap,
+                                "compile": cfg.compile and cfg.mode == "fast", "mode": cfg.mode}}
+            if cfg.check and not cfg.block_swap:
+                run["numerics"] = numerics.compare(setup, backend, cfg.compile, save_attention, offload,
+                                                   precision == "fp8")
+                log(f"numerics {precision}: {run['numerics']}")
+            if cfg.mode == "fast":
+                run["compile_error"] = prepare_fast(setup, backend, cfg.compile, save_attention, offload)
+            else:
+                prepare_plain(setup)
+            setup.reset_lora()
+            run.update(_time_steps(setup.step, cfg, device, tokens=cfg.batch * math.prod(
+                latent_grid(variant, cfg.frames, cfg.height, cfg.width)), attention=backend))
+            run.update(_price(flops, rates, run["s_per_step"], fp8=precision == "fp8"))
+            losses[precision] = run["losses"]
+        except torch.OutOfMemoryError as exc:
+            run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision, "error": "out of memory",
+                   "detail": str(exc).splitlines()[0][:200], "memory_estimate": estimate.as_dict()}
+            setup = None
+        result["runs"].append(run)
+        log(_summary(run))
+        if not in_place:
+            setup = None
+            _free()
+    setup = None
+    _free()
+    _set_cap(None, device)
+    if "bf16" in losses and "fp8" in losses:
+        rel = [abs(a - b) / abs(a) for a, b in zip(losses["bf16"], losses["fp8"])]
+        return {"max_relative_diff": max(rel), "steps": len(rel)}
+    return {}
+
+
+def _reference_run(cfg, variant, device, flops, rates, log) -> dict:
+    from wantune.perf.reference import ReferenceSetup
+
+    setup = ReferenceSetup.build(variant, cfg, device)
+    run = {"name": "reference-diffusers-peft", "precision": "bf16"}
+    run.update(_time_steps(setup.step, cfg, device, tokens=cfg.batch * math.prod(
+        latent_grid(variant, cfg.frames, cfg.height, cfg.width)), attention="default"))
+    run.update(_price(flops, rates, run["s_per_step"], fp8=False))
+    log(_summary(run))
+    del setup
+    _free()
+    return run
+
+
+def _time_steps(step, cfg: SpeedConfig, device, tokens: int, attention: str) -> dict:
+    """Warm-up, then `steps` CUDA-event-timed steps; median seconds, tokens/s, peak memory, losses."""
+    from wantune.perf.micro import sdpa_backend
+
+    context = _attention_context(attention, sdpa_backend)
+    losses = []
+    with context:
+        for _ in range(cfg.warmup):
+            losses.append(step())
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        events = []
+        for _ in range(cfg.steps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            losses.append(step())
+            end.record()
+            events.append((start, end))
+        torch.cuda.synchronize(device)
+    times = [s.elapsed_time(e) / 1e3 for s, e in events]
+    median = statistics.median(times)
+    return {"s_per_step": median, "step_times": times, "tokens_per_s": tokens / median,
+            "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
+            "losses": [float(x) for x in losses]}
+
+
+def _attention_context(attention: str, sdpa_backend):
+    import contextlib
+
+    from torch.nn.attention import sdpa_kernel
+    if attention in ("default", None):
+        return contextlib.nullcontext()
+    return sdpa_kernel([sdpa_backend(attention)])
+
+
+def _price(flops, rates, seconds: float, fp8: bool) -> dict:
+    from dataclasses import replace
+    priced = rates if fp8 else replace(rates, matmul_fwd=rates.matmul_bwd)
+    roofline = roofline_seconds(flops, priced)
+    return {"achieved_tflops": flops.total / seconds / 1e12, "roofline_s": roofline,
+            "efficiency": roofline / seconds}
+
+
+def _summary(run: dict) -> str:
+    if "error" in run:
+        return f"{run['name']}: {run['error']} ({run.get('detail', '')})"
+    return (f"{run['name']}: {run['s_per_step']:.3f} s/step, {run['tokens_per_s']:.0f} tok/s, "
+            f"peak {run['peak_allocated_gib']:.1f} GiB, {run['achieved_tflops']:.0f} TFLOP/s, "
+            f"roofline {run['roofline_s']:.2f} s, efficiency {run['efficiency']:.2f}")
+
+
+def _set_cap(cap_gib: float | None, device) -> None:
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = 1.0 if cap_gib is None else min(1.0, cap_gib * GIB / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+
+def _free() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, float):
+        return round(obj, 4) if abs(obj) < 1e6 else float(f"{obj:.5g}")
+    return obj
+
+
+def reference_loss(out, target) -> torch.Tensor:
+    return F.mse_loss(out.float(), target)

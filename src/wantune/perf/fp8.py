@@ -1,0 +1,130 @@
+"""fp8 training of frozen base weights: fp8_e4m3 storage with one scale per output row, fp8 forward matmuls.
+
+`quantize_linears_fp8(model)` stores every frozen block Linear weight as float8_e4m3fn with a float32 scale per
+output row (`weight_scale`); the LoRA adapters stay in their own dtype. Forward: the activations are quantised
+per token row and multiplied with `torch._scaled_mm` (rowwise scales, bf16 out) on a GPU that has it, or by
+the same quantised values dequantised to float32 elsewhere (the CPU path, identical rounding of the inputs).
+Backward: the input gradient is `grad @ dequant(weight)` in the gradient's dtype (the weights get none).
+
+Legend: M rows (batch x tokens), I in_features, O out_features.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+_ROW_MULTIPLE = 16  # _scaled_mm wants every dim of its operands divisible by 16
+
+
+def quantize_rowwise(x_MI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 values (M, I), float32 scales (M, 1)) with x ≈ values * scale, one scale per row."""
+    amax_M1 = x_MI.abs().amax(dim=1, keepdim=True).float()
+    scale_M1 = amax_M1.clamp(min=1e-12) / FP8_MAX
+    return (x_MI.float() / scale_M1).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale_M1
+
+
+_quantize = quantize_rowwise
+
+
+def compile_quantize(enabled: bool = True) -> None:
+    """Use a torch.compile'd (single fused kernel) activation quantiser in the fp8 forward, or the eager one."""
+    global _quantize
+    _quantize = _compiled_quantize() if enabled else quantize_rowwise
+
+
+@functools.cache
+def _compiled_quantize():
+    return torch.compile(quantize_rowwise, dynamic=False)
+
+
+def scaled_mm_available(device: torch.device) -> bool:
+    """True on a CUDA device of compute capability >= 8.9 (fp8 tensor cores)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_matmul(xq_MI: torch.Tensor, x_scale_M1: torch.Tensor, w_OI: torch.Tensor, w_scale_O: torch.Tensor,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """(xq * x_scale) @ (w * w_scale)ᵀ -> (M, O) in out_dtype; fp8 tensor cores when available."""
+    if scaled_mm_available(xq_MI.device):
+        rows = xq_MI.shape[0]
+        pad = -rows % _ROW_MULTIPLE
+        if pad:
+            xq_MI = torch.cat([xq_MI, xq_MI.new_zeros(pad, xq_MI.shape[1])])
+            x_scale_M1 = torch.cat([x_scale_M1, x_scale_M1.new_ones(pad, 1)])
+        out = torch._scaled_mm(xq_MI, w_OI.t(), scale_a=x_scale_M1, scale_b=w_scale_O.view(1, -1),
+                               out_dtype=out_dtype, use_fast_accum=True)
+        return out[:rows] if pad else out
+    x32 = xq_MI.float() * x_scale_M1
+    return (x32 @ dequantize(w_OI, w_scale_O, torch.float32).t()).to(out_dtype)
+
+
+def dequantize(w_OI: torch.Tensor, w_scale_O: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (w_OI.to(dtype) * w_scale_O.to(dtype)[:, None])
+
+
+class _Fp8LinearFn(torch.autograd.Function):
+    """y = x Wᵀ + b with W fp8 (frozen): fp8 forward, backward for x only."""
+
+    @staticmethod
+    def forward(ctx, x, w_OI, w_scale_O, bias):
+        ctx.weight = (w_OI, w_scale_O)
+        shape = x.shape
+        xq, x_scale = _quantize(x.reshape(-1, shape[-1]))
+        out = fp8_matmul(xq, x_scale, w_OI, w_scale_O, x.dtype)
+        if bias is not None:
+            out = out + bias.to(out.dtype)
+        return out.view(*shape[:-1], w_OI.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        w_OI, w_scale_O = ctx.weight
+        grad_x = grad_out @ dequantize(w_OI, w_scale_O, grad_out.dtype)
+        return grad_x, None, None, None
+
+
+class Fp8TrainLinear(nn.Linear):
+    """A frozen Linear with an fp8 weight and per-row scale (`weight_scale`), fp8 matmul forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Fp8LinearFn.apply(x, self.weight, self.weight_scale, self.bias)
+
+
+_CLASSES: dict[type, type] = {nn.Linear: Fp8TrainLinear}
+
+
+def _fp8_class(cls: type) -> type:
+    """`cls` with Fp8TrainLinear's base matmul under it (LoRALinear keeps its adapters, its base goes fp8)."""
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Fp8Train{cls.__name__}", (cls, Fp8TrainLinear), {})
+    return _CLASSES[cls]
+
+
+def quantize_linears_fp8(model: nn.Module) -> int:
+    """fp8 rowwise storage for every Linear under `model.blocks` (or under a single block) except LoRA
+    adapters; returns the count."""
+    count = 0
+    root = model.blocks if hasattr(model, "blocks") else model
+    for name, module in root.named_modules():
+        if not isinstance(module, nn.Linear) or isinstance(module, Fp8TrainLinear):
+            continue
+        if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
+            continue
+        with torch.no_grad():
+            values, scale_O1 = quantize_rowwise(module.weight.detach())
+        module.weight = nn.Parameter(values, requires_grad=False)
+        module.weight_scale = nn.Parameter(scale_O1.view(-1), requires_grad=False)
+        module.__class__ = _fp8_class(type(module))
+        count += 1
+    return count
+
+
+def plain_linear_reference(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """The plain-path output of an fp8 layer (dequantised weight, unquantised x): for checks."""
+    weight = dequantize(layer.weight, layer.weight_scale, x.dtype)
+    return F.linear(x, weight, None if layer.bias is None else layer.bias.to(x.dtype))
