@@ -85,3 +85,14 @@ def test_mixed_precision_steps_are_finite(tmp_path, precision):
     records = _records(tmp_path)
     assert all(math.isfinite(r["loss"]) for r in records)
     assert sum("grad_norm" in r for r in records) >= 2  # fp16 may skip one step while the loss scale settles
+
+
+def test_epochs_mode_saves_every_epoch_and_keeps_the_last_k(tmp_path):
+    main(_cfg(tmp_path, data={"synthetic": {"samples": 4}},
+              training={"steps": None, "epochs": 3, "batch_size": 2},
+              saving={"every_epochs": 1, "keep_last": 2}))
+    assert len(_records(tmp_path)) == 6  # 2 batches per epoch
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["step_000004", "step_000006"]
+    state = torch.load(tmp_path / "run/checkpoints/step_000006/state.pt", weights_only=False)
+    assert state["step"] == 6 and state["data"] == {"epoch": 2, "position": 2}

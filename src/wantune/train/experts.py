@@ -58,8 +58,8 @@ def build_models(cfg: TrainConfig, variant: WanVariant) -> dict[str, nn.Module]:
         from wantune.models.transformer import WanModel
 
         models = {}
-        for k, name in enumerate(names):
-            torch.manual_seed(cfg.training.seed + 1000 * (k + 1))
+        for name in names:
+            torch.manual_seed(cfg.training.seed + 1000 * {"model": 1, "high": 1, "low": 2}[name])
             models[name] = WanModel(variant).to(dtype)
         return models
     from wantune.models.checkpoint import expert_paths, load_transformer
