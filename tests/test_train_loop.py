@@ -77,3 +77,23 @@ def test_diagnostics_lora_with_no_effect():
     assert "no effect" in message[0] and "Raise the learning rate (1e-07)" in message[0]
     torch.nn.init.normal_(next(iter(network.adapters.values())).lora_B.weight)
     assert Diagnostics(lr=1e-4).on_lora(50, network) == []
+
+
+def test_built_unit_has_loraplus_groups_and_only_lora_trainable():
+    from wantune import config as typed
+    from wantune.train.config import TrainConfig
+    from wantune.train.experts import build_models, build_unit, run_variant
+
+    cfg = typed.load(TrainConfig, {"model": {"tiny": True, "dtype": "fp32"}, "data": {"synthetic": {}},
+                                   "network": {"rank": 4, "loraplus_lr_ratio": 8.0, "include": [r"blocks\.1\."]},
+                                   "optimizer": {"lr": 1e-4}})
+    variant = run_variant(cfg)
+    model = build_models(cfg, variant)["model"]
+    unit = build_unit("model", model, cfg, variant, 10, torch.device("cpu"))
+    down, up = unit.optimizer.param_groups
+    assert down["lr"] == 1e-4 and abs(up["lr"] - 8e-4) < 1e-12
+    b_ids = {id(a.lora_B.weight) for a in unit.network.adapters.values()}
+    assert {id(p) for p in up["params"]} == b_ids
+    assert all(path.startswith("blocks.1.") for path in unit.network.adapters)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
