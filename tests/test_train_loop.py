@@ -97,3 +97,25 @@ def test_built_unit_has_loraplus_groups_and_only_lora_trainable():
     assert all(path.startswith("blocks.1.") for path in unit.network.adapters)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_spike_skips_the_step_and_leaves_weights_untouched():
+    from wantune import config as typed
+    from wantune.train.config import TrainConfig
+    from wantune.train.experts import build_models, build_unit, run_variant
+    from wantune.train.loop import StepContext, train_step
+
+    cfg = typed.load(TrainConfig, {"model": {"tiny": True, "dtype": "fp32"}, "data": {"synthetic": {}},
+                                   "training": {"steps": 5, "mixed_precision": "no", "spike_factor": 10.0}})
+    variant = run_variant(cfg)
+    unit = build_unit("model", build_models(cfg, variant)["model"], cfg, variant, 5, torch.device("cpu"))
+    batch = SampleLoader(synthetic_samples(cfg.data.synthetic, variant), 2).next_batch()
+    ctx = StepContext(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    ctx.recent.extend([1e-4] * 10)
+    before = unit.trainable_state()
+    result = train_step(unit, [batch], ctx)
+    assert result.skipped.startswith("loss spike") and result.grad_norm is None
+    assert all(torch.equal(before[n], p.detach()) for n, p in unit.named_params)
+    ctx.recent.clear()
+    assert train_step(unit, [batch], ctx).skipped is None
+    assert any(not torch.equal(before[n], p.detach()) for n, p in unit.named_params)
