@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -142,7 +143,9 @@ def train_step(unit: TrainUnit, micro_batches: list[dict], ctx: StepContext) -> 
             unit.ema.update()
     unit.optimizer.zero_grad(set_to_none=True)
     lr = unit.scheduler.get_last_lr()[0]
-    unit.scheduler.step()
+    with warnings.catch_warnings():  # a skipped first step steps the schedule without the optimiser, on purpose
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        unit.scheduler.step()
     return StepResult(total, grad_norm, lr, skipped, parts)
 
 
