@@ -71,8 +71,8 @@ class SpeedConfig:
             raise UserError("--steps must be >= 1 and --warmup >= 0")
 
 
-def run_speed(cfg: SpeedConfig, log=print) -> dict:
-    """Run the benchmark; returns the JSON-able result."""
+def run_speed(cfg: SpeedConfig, log=print, progress=None) -> dict:
+    """Run the benchmark; returns the JSON-able result (`progress(result)` after each run: partial saves)."""
     cfg.validate()
     if not torch.cuda.is_available():
         raise UserError("wantune bench speed needs a CUDA GPU (none is visible to PyTorch)")
@@ -90,7 +90,9 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
     result["micro"] = _jsonable(details)
     backend = details["best_attention"] if cfg.attention == "auto" else cfg.attention
     log(f"grid {grid} = {tokens} tokens; useful {flops.total / 1e15:.2f} PFLOP/step; attention backend {backend}")
-    baseline = _our_runs(cfg, variant, device, backend, rates, flops, result, log)
+    progress = progress or (lambda result: None)
+    progress(result)
+    baseline = _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress)
     if cfg.reference:
         ref = _reference_run(cfg, variant, device, flops, rates, log)
         result["runs"].append(ref)
@@ -102,7 +104,7 @@ def run_speed(cfg: SpeedConfig, log=print) -> dict:
     return result
 
 
-def _our_runs(cfg, variant, device, backend, rates, flops, result, log) -> dict:
+def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress) -> dict:
     """Our step for each precision; returns the fp8-vs-bf16 loss-curve comparison when both ran."""
     capped = cfg.memory_cap_gib is not None
     offload = capped if cfg.offload is None else cfg.offload
@@ -144,6 +146,7 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log) -> dict:
                    "detail": str(exc).splitlines()[0][:200], "memory_estimate": estimate.as_dict()}
             setup = None
         result["runs"].append(run)
+        progress(result)
         log(_summary(run))
         if not in_place:
             setup = None
@@ -173,9 +176,9 @@ def _reference_run(cfg, variant, device, flops, rates, log) -> dict:
 
 def _time_steps(step, cfg: SpeedConfig, device, tokens: int, attention: str) -> dict:
     """Warm-up, then `steps` CUDA-event-timed steps; median seconds, tokens/s, peak memory, losses."""
-    from wantune.perf.micro import sdpa_backend
+    from wantune.perf.micro import backend_context
 
-    context = _attention_context(attention, sdpa_backend)
+    context = backend_context(attention)
     losses = []
     with context:
         for _ in range(cfg.warmup):
@@ -196,15 +199,6 @@ def _time_steps(step, cfg: SpeedConfig, device, tokens: int, attention: str) -> 
             "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
             "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
             "losses": [float(x) for x in losses]}
-
-
-def _attention_context(attention: str, sdpa_backend):
-    import contextlib
-
-    from torch.nn.attention import sdpa_kernel
-    if attention in ("default", None):
-        return contextlib.nullcontext()
-    return sdpa_kernel([sdpa_backend(attention)])
 
 
 def _price(flops, rates, seconds: float, fp8: bool) -> dict:

@@ -64,11 +64,14 @@ def _speed(args) -> int:
         mode=args.mode, warmup=args.warmup, steps=args.steps, reference=args.reference, check=args.check,
         layers=args.layers)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
-    result = run_speed(cfg, log=log)
+    def save(result: dict) -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    result = run_speed(cfg, log=log, progress=save)
+    save(result)
     text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
     if args.json:
         print(text)
     return 0

@@ -51,15 +51,9 @@ def scaled_mm_available(device: torch.device) -> bool:
 def fp8_matmul(xq_MI: torch.Tensor, x_scale_M1: torch.Tensor, w_OI: torch.Tensor, w_scale_O: torch.Tensor,
                out_dtype: torch.dtype) -> torch.Tensor:
     """(xq * x_scale) @ (w * w_scale)ᵀ -> (M, O) in out_dtype; fp8 tensor cores when available."""
-    if scaled_mm_available(xq_MI.device):
-        rows = xq_MI.shape[0]
-        pad = -rows % _ROW_MULTIPLE
-        if pad:
-            xq_MI = torch.cat([xq_MI, xq_MI.new_zeros(pad, xq_MI.shape[1])])
-            x_scale_M1 = torch.cat([x_scale_M1, x_scale_M1.new_ones(pad, 1)])
-        out = torch._scaled_mm(xq_MI, w_OI.t(), scale_a=x_scale_M1, scale_b=w_scale_O.view(1, -1),
-                               out_dtype=out_dtype, use_fast_accum=True)
-        return out[:rows] if pad else out
+    if scaled_mm_available(xq_MI.device):  # rows: a multiple of 16 (fp8_linear pads)
+        return torch._scaled_mm(xq_MI, w_OI.t(), scale_a=x_scale_M1, scale_b=w_scale_O.view(1, -1),
+                                out_dtype=out_dtype, use_fast_accum=True)
     x32 = xq_MI.float() * x_scale_M1
     return (x32 @ dequantize(w_OI, w_scale_O, torch.float32).t()).to(out_dtype)
 
@@ -75,8 +69,14 @@ class _Fp8LinearFn(torch.autograd.Function):
     def forward(ctx, x, w_OI, w_scale_O, bias):
         ctx.weight = (w_OI, w_scale_O)
         shape = x.shape
-        xq, x_scale = _quantize(x.reshape(-1, shape[-1]))
+        x_MI = x.reshape(-1, shape[-1])
+        rows = x_MI.shape[0]
+        pad = -rows % _ROW_MULTIPLE if scaled_mm_available(x.device) else 0
+        if pad:  # zero rows quantise to zeros; their outputs are sliced off
+            x_MI = F.pad(x_MI, (0, 0, 0, pad))
+        xq, x_scale = _quantize(x_MI)
         out = fp8_matmul(xq, x_scale, w_OI, w_scale_O, x.dtype)
+        out = out[:rows] if pad else out
         if bias is not None:
             out = out + bias.to(out.dtype)
         return out.view(*shape[:-1], w_OI.shape[0])

@@ -28,6 +28,21 @@ def sdpa_backend(name: str):
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
 
 
+def backend_context(name: str | None):
+    """SDPA restricted to backend `name` first, with the other fused backends as fallbacks (e.g. for a
+    cross-attention shape the first one rejects); `None`/"default": PyTorch's own choice."""
+    import contextlib
+
+    from torch.nn.attention import sdpa_kernel
+    if name in (None, "default"):
+        return contextlib.nullcontext()
+    order = [sdpa_backend(name)] + [sdpa_backend(b) for b in ("cudnn", "flash", "efficient") if b != name]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # older PyTorch: no priority order
+        return sdpa_kernel([sdpa_backend(name)])
+
+
 def median_seconds(fn, device: torch.device, repeats: int = 5, warmup: int = 2) -> float:
     """Median wall time of fn() over `repeats` runs (CUDA events on a GPU)."""
     for _ in range(warmup):
@@ -62,7 +77,7 @@ def matmul_rates(variant: WanVariant, rows: int, device: torch.device, fp8: bool
         w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * k**-0.5
         g = torch.randn(m, n, device=device, dtype=torch.bfloat16)
         if fp8:
-            xq, xs = quantize_rowwise(x)
+            xq, xs = quantize_rowwise(x[: m - m % 16])
             wq, ws = quantize_rowwise(w)
             fwd = median_seconds(lambda: fp8_matmul(xq, xs, wq, ws.view(-1), torch.bfloat16), device)
         else:

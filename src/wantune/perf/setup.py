@@ -150,10 +150,5 @@ def prepare_plain(setup: TrainSetup) -> None:
 
 
 def _backend(name: str | None):
-    import contextlib
-
-    from wantune.perf.micro import sdpa_backend
-    if name in (None, "default"):
-        return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-    return sdpa_kernel([sdpa_backend(name)])
+    from wantune.perf.micro import backend_context
+    return backend_context(name)

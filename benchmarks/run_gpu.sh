@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU runs behind docs/performance.md, in stages (each fits one 10-minute device call).
+# Needs diffusers (+ importlib_metadata) wheels in .whl/ where the GPU image lacks them. Results: $OUT/*.json.
+set -o pipefail
+OUT=${OUT:-benchmarks/results/raw}
+mkdir -p "$OUT"
+if ls .whl/diffusers-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/diffusers-*.whl .whl/importlib_metadata-*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+S="python3 benchmarks/speed.py --variant wan2.2-i2v-a14b --rank 32 --batch 1"
+case "$1" in
+  1)
+    nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
+    timeout 200 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8 --check --reference \
+      --warmup 1 --steps 2 --out $OUT/smoke.json 2>&1 | tee $OUT/smoke.log || exit 1
+    timeout 120 $S --layers 4 --frames 9 --height 480 --width 832 --precision fp8 --memory-cap-gib 24 \
+      --block-swap 2 --warmup 1 --steps 2 --out $OUT/smoke_swap.json 2>&1 | tee -a $OUT/smoke.log
+    timeout 420 $S --frames 81 --height 480 --width 832 --precision bf16,fp8 --reference --warmup 2 --steps 5 \
+      --out $OUT/a14b_81f_480x832.json 2>&1 | tee $OUT/main.log
+    ;;
+  2)
+    timeout 330 $S --frames 41 --height 768 --width 768 --precision bf16,fp8 --reference --warmup 2 --steps 5 \
+      --out $OUT/a14b_41f_768x768.json 2>&1 | tee $OUT/run2.log
+    timeout 250 $S --frames 41 --height 512 --width 512 --precision bf16,fp8 --check --reference --warmup 2 \
+      --steps 5 --out $OUT/a14b_41f_512x512.json 2>&1 | tee -a $OUT/run2.log
+    ;;
+  3)
+    timeout 280 $S --frames 41 --height 512 --width 512 --precision fp8 --memory-cap-gib 24 --block-swap ${SWAP512:-14} \
+      --warmup 2 --steps 5 --out $OUT/a14b_41f_512x512_cap24.json 2>&1 | tee $OUT/run3.log
+    timeout 300 $S --frames 81 --height 480 --width 832 --precision fp8 --memory-cap-gib 24 --block-swap ${SWAP81:-22} \
+      --warmup 2 --steps 5 --out $OUT/a14b_81f_480x832_cap24.json 2>&1 | tee -a $OUT/run3.log
+    ;;
+esac
