@@ -144,7 +144,7 @@ def train_step(unit: TrainUnit, micro_batches: list[dict], ctx: StepContext) -> 
     unit.optimizer.zero_grad(set_to_none=True)
     lr = unit.scheduler.get_last_lr()[0]
     with warnings.catch_warnings():  # a skipped first step steps the schedule without the optimiser, on purpose
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         unit.scheduler.step()
     return StepResult(total, grad_norm, lr, skipped, parts)
 
