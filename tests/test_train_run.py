@@ -96,3 +96,16 @@ def test_epochs_mode_saves_every_epoch_and_keeps_the_last_k(tmp_path):
     assert kept == ["step_000004", "step_000006"]
     state = torch.load(tmp_path / "run/checkpoints/step_000006/state.pt", weights_only=False)
     assert state["step"] == 6 and state["data"] == {"epoch": 2, "position": 2}
+
+
+def test_training_starts_from_official_and_comfyui_checkpoint_files(tmp_path):
+    from tests.conftest import FIXTURES
+
+    official = FIXTURES / "wan21_t2v_tiny.safetensors"
+    files = main(_cfg(tmp_path, model={"checkpoint": str(official), "dtype": "bf16"},
+                      training={"steps": 2, "mixed_precision": "bf16"}))
+    assert load_lora(files[0]).metadata["wantune.base_variant"] == "wan2.1-t2v-1.3b"
+    high, comfy = FIXTURES / "wan22_t2v_tiny.safetensors", FIXTURES / "wan22_t2v_tiny.comfyui_fp16.safetensors"
+    files = main(_cfg(tmp_path, model={"variant": "wan2.2-t2v-a14b", "checkpoint_high": str(high),
+                                       "checkpoint_low": str(comfy)}, training={"steps": 2}))
+    assert sorted(f.name for f in files) == ["wan2.2_t2v_run_v1_high.safetensors", "wan2.2_t2v_run_v1_low.safetensors"]

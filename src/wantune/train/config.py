@@ -32,7 +32,7 @@ class ModelConfig:
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Storage dtype of the frozen base weights."""
     tiny: bool = False
-    """Test/demo only: build a tiny randomly initialised model of the variant's family (no checkpoint)."""
+    """Test/demo only: the variant at the fixtures' tiny sizes; random weights unless a checkpoint is given."""
     vae: Path | None = None
     """VAE weights (previews only)."""
     text_encoder: Path | None = None

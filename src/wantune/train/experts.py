@@ -54,7 +54,8 @@ def build_models(cfg: TrainConfig, variant: WanVariant) -> dict[str, nn.Module]:
     """The base transformer(s) on the CPU: loaded from checkpoints, or tiny random ones (`model.tiny`)."""
     names = expert_names(cfg, variant)
     dtype = DTYPES[cfg.model.dtype]
-    if cfg.model.tiny:
+    mcfg = cfg.model
+    if mcfg.tiny and not (mcfg.checkpoint or mcfg.checkpoint_high or mcfg.checkpoint_low):
         from wantune.models.transformer import WanModel
 
         models = {}
@@ -64,14 +65,15 @@ def build_models(cfg: TrainConfig, variant: WanVariant) -> dict[str, nn.Module]:
         return models
     from wantune.models.checkpoint import expert_paths, load_transformer
 
+    wanted = variant if mcfg.tiny else mcfg.variant  # tiny: the fixtures' sizes, read from a file
     if names == ["model"]:
-        return {"model": load_transformer(cfg.model.checkpoint, cfg.model.variant, dtype=dtype)}
-    if cfg.model.checkpoint_high and cfg.model.checkpoint_low:
-        paths = {"high": cfg.model.checkpoint_high, "low": cfg.model.checkpoint_low}
+        return {"model": load_transformer(mcfg.checkpoint, wanted, dtype=dtype)}
+    if mcfg.checkpoint_high and mcfg.checkpoint_low:
+        paths = {"high": mcfg.checkpoint_high, "low": mcfg.checkpoint_low}
     else:
-        high, low = expert_paths(cfg.model.checkpoint)
+        high, low = expert_paths(mcfg.checkpoint)
         paths = {"high": high, "low": low}
-    return {name: load_transformer(paths[name], cfg.model.variant, dtype=dtype, hint="wan2.2") for name in names}
+    return {name: load_transformer(paths[name], wanted, dtype=dtype, hint="wan2.2") for name in names}
 
 
 def build_unit(name: str, model: nn.Module, cfg: TrainConfig, variant: WanVariant, total_steps: int,
