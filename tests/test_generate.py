@@ -183,3 +183,53 @@ def test_a14b_i2v_pair_folder_with_image_and_low_expert_lora(tmp_path):
     assert meta["boundary"] == 0.9 and meta["loras_low"] == [["low.safetensors", 1.0]] and meta["loras"] == []
     assert (meta["guidance"], meta["guidance_low"], meta["image"]) == (3.5, 3.5, str(tmp_path / "first.png"))
     assert np.abs(frames_of(tmp_path / "a.mp4").astype(int) - frames_of(tmp_path / "b.mp4").astype(int)).max() > 0
+
+
+def test_flf2v_with_clip_first_and_last_image(tmp_path):
+    from PIL import Image
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from wantune.sample.output import read_settings
+
+    torch.manual_seed(0)  # a one-layer CLIP of ViT-H/14's width and token count (257 x 1280)
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=1280, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=16, image_size=224, patch_size=14))
+    clip.half().save_pretrained(tmp_path / "clip")
+    rng = np.random.RandomState(1)
+    for name in ("first", "last"):
+        Image.fromarray(rng.randint(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    args = base_args(tmp_path / "flf.mp4", "--prompt", "a door opens", "--seed", "2", "--clip", str(tmp_path / "clip"),
+                     "--image", str(tmp_path / "first.png"), "--last-image", str(tmp_path / "last.png"))
+    args[args.index("--model") + 1] = str(FIXTURES / "wan21_flf2v_tiny.safetensors")
+    args[args.index("--variant") + 1] = "wan2.1-flf2v-14b"
+    assert main(args) == 0
+    meta = read_settings(tmp_path / "flf.mp4")
+    assert meta["variant"] == "wan2.1-flf2v-14b" and meta["shift"] == 16.0
+    assert meta["last_image"] == str(tmp_path / "last.png")
+    assert frames_of(tmp_path / "flf.mp4").shape == (5, 32, 32, 3)
+
+
+def test_ti2v_first_frame_is_the_encoded_image(tmp_path):
+    from PIL import Image
+
+    from wantune.models.vae import load_vae
+    from wantune.sample.conditioning import load_image
+    from wantune.sample.output import to_frames
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    smooth = np.stack([xx * 4, yy * 4, 255 - xx * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "first.png")
+    args = base_args(tmp_path / "ti2v.mp4", "--prompt", "a gradient", "--seed", "4",
+                     "--image", str(tmp_path / "first.png"), "--width", "64", "--height", "64")
+    args[args.index("--model") + 1] = str(FIXTURES / "wan22_ti2v_tiny.safetensors")
+    args[args.index("--variant") + 1] = "wan2.2-ti2v-5b"
+    args[args.index("--vae") + 1] = str(FIXTURES / "wan22_vae_tiny.safetensors")
+    assert main(args) == 0
+    vae = load_vae(FIXTURES / "wan22_vae_tiny.safetensors", dtype=torch.float32)
+    image = load_image(tmp_path / "first.png", 64, 64)
+    expected = to_frames(vae.decode(vae.encode(image[None, :, None]))[0])[0].astype(int)
+    got = frames_of(tmp_path / "ti2v.mp4")[0].astype(int)
+    luma = np.array([0.299, 0.587, 0.114])  # H.264 keeps luma at full resolution (chroma is subsampled)
+    assert np.abs(got @ luma - expected @ luma).mean() < 6
+    later = frames_of(tmp_path / "ti2v.mp4")[2].astype(int)  # a generated frame is far from the image's
+    assert np.abs(later @ luma - expected @ luma).mean() > 12
