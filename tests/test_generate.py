@@ -115,6 +115,8 @@ def test_fp8_generation_runs_close_to_full_precision(tmp_path):
     (["--vae", "missing.safetensors"], "missing.safetensors: --vae not found"),
     (["--image", "whatever.png"], "wan2.1-t2v-1.3b is a text-to-video model"),
     (["--sampler", "euler", "--lora-low", "x.safetensors"], "--lora-low: wan2.1-t2v-1.3b has one transformer"),
+    (["--variant", "wan2.2-i2v-a14b"], "wan2.2-i2v-a14b expects 36 input channels; "),
+    (["--model", "nowhere.safetensors"], "nowhere.safetensors: --model not found"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, change, message):
     args = base_args(tmp_path / "o.mp4", "--prompt", "x")

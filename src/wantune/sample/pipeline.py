@@ -94,23 +94,30 @@ def generate(spec: ModelSpec, requests: list[PromptSpec], out: str | Path,
 
 
 def resolve_variant(spec: ModelSpec) -> WanVariant:
-    """The variant to generate with, read from the checkpoint's header when not named."""
+    """The variant to generate with: named (and checked against the checkpoint) or inferred from its shapes.
+
+    Only the checkpoint's header is read, so a wrong file is reported before any weights are loaded.
+    """
     from wantune.models import checkpoint
+    from wantune.models.detect import architecture, check_variant
     from wantune.models.formats import WeightFiles
     from wantune.models.variants import get_variant
 
-    if spec.variant is not None:
-        return get_variant(spec.variant, **spec.variant_overrides)
     model = Path(spec.model)
     if not model.exists():
         raise UserError(f"{model}: --model not found")
-    location = checkpoint.expert_paths(model, spec.model_low)[0] if checkpoint.is_expert_folder(model) or \
-        spec.model_low else checkpoint.transformer_location(model)
+    pair = checkpoint.is_expert_folder(model) or spec.model_low is not None
+    location = checkpoint.expert_paths(model, spec.model_low)[0] if pair else checkpoint.transformer_location(model)
     weights = WeightFiles.open(location)
     try:
-        variant = checkpoint.resolve_variant(None, checkpoint.official_shapes(weights), location, str(model))
+        shapes = checkpoint.official_shapes(weights)
     finally:
         weights.close()
+    if spec.variant is not None:
+        variant = get_variant(spec.variant, **spec.variant_overrides)
+        check_variant(variant, architecture(shapes, str(location)), str(location))
+        return variant
+    variant = checkpoint.resolve_variant(None, shapes, location, str(model))
     return variant.replace(**spec.variant_overrides) if spec.variant_overrides else variant
 
 
