@@ -7,7 +7,7 @@ A spec lists, per attribute, the options a clip draws from; each option is a val
                | rect:aspect
     color      #RRGGBB
     motion     still | linear:dx,dy (px/frame) | orbit:radius[,turns] (turns per clip, + = counter-clockwise
-               on screen) | zoom:rate (size factor per frame) | rotate:degrees (per frame, spin in place)
+               on screen) | zoom:rate (size factor per frame) | rotate:degrees (per frame, spin in place, + = counter-clockwise)
     background solid:#RRGGBB | stripes:#A,#B,width[,angle] | checker:#A,#B,size | gradient:#A,#B[,angle]
 
 Captions come from `captions` templates with {shape} {color} {motion} {background} {trigger} fields.
@@ -71,7 +71,7 @@ class ConceptSpec:
     speed: tuple[float, float] = (0.8, 1.2)
     """Range of the factor applied to the motion's magnitude."""
     rotation: tuple[float, float] = (0.0, 0.0)
-    """Range of the shape's starting orientation in degrees."""
+    """Range of the shape's starting orientation in degrees (+ turns clockwise on screen, y pointing down)."""
     width: int = 64
     """Frame width in pixels."""
     height: int = 64

@@ -166,7 +166,7 @@ def trajectory(inst: Instance, frames: int) -> tuple[np.ndarray, np.ndarray, np.
     elif motion.kind == "zoom":
         size = inst.size * motion.params[0] ** (inst.speed * k)
     elif motion.kind == "rotate":
-        angle = inst.rotation + motion.params[0] * inst.speed * k
+        angle = inst.rotation - motion.params[0] * inst.speed * k  # + = counter-clockwise on screen
     return center, size, angle
 
 
