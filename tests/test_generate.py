@@ -132,7 +132,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, change, message):
 
 def test_i2v_without_image_fails_before_loading(tmp_path, capsys):
     args = ["generate", "--model", str(FIXTURES / "wan21_i2v_tiny.safetensors"), "--variant", "wan2.1-i2v-14b",
-            "--vae", str(FIXTURES / "wan21_vae_tiny.safetensors"), "--clip", str(FIXTURES / "index.json"),
+            *TINY_FLAGS, "--vae", str(FIXTURES / "wan21_vae_tiny.safetensors"), "--clip", str(FIXTURES / "index.json"),
             "--text-encoder", str(FIXTURES / "umt5_tiny_official.pth"), "--tokenizer",
             str(FIXTURES / "tokenizer_tiny"), "--prompt", "x", "--out", str(tmp_path / "o.mp4")]
     assert main(args) == 2
