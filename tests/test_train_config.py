@@ -62,6 +62,9 @@ def test_cross_field_checks(tmp_path):
     f.write_text("[model]\nvariant = 'wan2.1-t2v-1.3b'\n[data.synthetic]\n")
     with pytest.raises(UserError, match="model.checkpoint"):
         load_train_config(f)
+    f.write_text("[model]\nvariant = 'wan2.2-t2v-a14'\ntiny = true\n[data.synthetic]\n")
+    with pytest.raises(UserError, match="model.variant: unknown model variant 'wan2.2-t2v-a14'; did you mean"):
+        load_train_config(f)
     f.write_text("[model]\ntiny = true\n[data.synthetic]\n[training]\nsteps = 5\nepochs = 2\n")
     with pytest.raises(UserError, match="exactly one of steps or epochs"):
         load_train_config(f)

@@ -353,7 +353,10 @@ class TrainConfig:
     def validate(self) -> None:
         from wantune.models.variants import get_variant
 
-        get_variant(self.model.variant)
+        try:
+            get_variant(self.model.variant)
+        except UserError as exc:
+            raise UserError(f"model.variant: {exc}") from None
         self.data.validate()
         if not self.model.tiny:
             require(self.model.checkpoint or (self.model.checkpoint_high and self.model.checkpoint_low),
