@@ -40,7 +40,8 @@ def is_official_t5(keys) -> bool:
 def official_to_hf(sd: dict, source: str = "text encoder") -> dict:
     """Rename an official Wan UMT5 encoder state dict to HF `UMT5EncoderModel` names."""
     if "pos_embedding.embedding.weight" in sd:
-        raise UserError(f"{source}: a T5 with one shared position bias (shared_pos=True), not the UMT5 encoder Wan uses")
+        raise UserError(f"{source}: a T5 with one shared position bias (shared_pos=True), "
+                        f"not the UMT5 encoder Wan uses")
     out = {}
     for key, value in sd.items():
         if key == "token_embedding.weight":

@@ -145,7 +145,8 @@ class WanVAE:
         if tile is not None:
             unit = 4 * self.stride[1]
             if tile % unit:
-                raise UserError(f"VAE tile size {tile}: must be a multiple of {unit} pixels for the Wan {self.version} VAE")
+                raise UserError(f"VAE tile size {tile}: must be a multiple of {unit} pixels for the "
+                                f"Wan {self.version} VAE")
             return TilePlan(tile, tile * 3 // 4)
         budget = _memory_budget(self.device) if budget is None else budget
         if tiled is None and self.memory_estimate(frames, height, width) <= budget:
