@@ -29,7 +29,6 @@ from wantune.train.validation import timestep_owners, validation_loss
 def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
     """Train as configured (optionally resuming `latest` or a checkpoint folder); returns the final files."""
     cfg.check_files()
-    run_dir = prepare_run_dir(cfg)
     seed_everything(cfg.training.seed)
     device = pick_device(cfg.training.device)
     variant = run_variant(cfg)
@@ -38,6 +37,7 @@ def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
     units = [build_unit(name, model, cfg, variant, total, device) for name, model in build_models(cfg, variant).items()]
     experts = ExpertSchedule(units, cfg.experts.switch_every, cfg.experts.offload_inactive, device)
     ctx = StepContext(cfg, device, torch.Generator().manual_seed(cfg.training.seed), make_scaler(cfg, device))
+    run_dir = prepare_run_dir(cfg)
     run = Run(cfg, run_dir, units, ctx, data, Diagnostics(cfg.optimizer.lr), variant=variant, total=total)
     start = run.restore(resolve_resume(run_dir, resume))
     run.open_log(resumed_at=start if resume else None)
