@@ -80,7 +80,8 @@ def normalise_hf(sd: dict, source: str = "text encoder") -> dict:
                         f"models_t5_umt5-xxl-enc-bf16.pth, umt5_xxl_fp16.safetensors or an HF UMT5 file")
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     sd = dequantize_fp8(sd)
-    sd = {k: v for k, v in sd.items() if not k.startswith("decoder.") and k != "lm_head.weight"}
+    # keep the encoder: drops a decoder, lm_head and ComfyUI's embedded tokenizer (`spiece_model`)
+    sd = {k: v for k, v in sd.items() if k.startswith(("shared.", "encoder."))}
     embed = sd.get("shared.weight", sd.get("encoder.embed_tokens.weight"))
     if embed is None:
         raise UserError(f"{source}: has no token embedding (shared.weight or encoder.embed_tokens.weight)")
