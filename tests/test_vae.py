@@ -160,3 +160,12 @@ def test_full_size_480p_decode_fits_24gb_card():
     assert 4.4 * 2**30 < vae.memory_estimate(81, 480, 832) < budget
     assert vae.plan_tiles(81, 480, 832, tiled=None, budget=budget).tile is None
     assert vae.plan_tiles(121, 720, 1280, tiled=None, budget=budget).tile is not None
+
+
+def test_wan21_mapping_equals_diffusers_single_file_converter():
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    official = torch.load(FIXTURES / "wan21_vae_tiny.pth", map_location="cpu", weights_only=True)
+    theirs = convert_wan_vae_to_diffusers(dict(official))  # (it does not handle the nested Wan 2.2 layout)
+    ours = vae_convert.official_to_diffusers(official)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
