@@ -235,3 +235,18 @@ def test_ti2v_first_frame_is_the_encoded_image(tmp_path):
     assert np.abs(got @ luma - expected @ luma).mean() < 6
     later = frames_of(tmp_path / "ti2v.mp4")[2].astype(int)  # a generated frame is far from the image's
     assert np.abs(later @ luma - expected @ luma).mean() > 12
+
+
+def test_lora_converted_to_kohya_and_diffusers_generates_the_same_video(tmp_path):
+    lora = save_tiny_lora(tmp_path / "style.safetensors")
+    outputs = {}
+    for fmt in ("comfyui", "kohya", "diffusers"):
+        path = lora
+        if fmt != "comfyui":
+            path = tmp_path / f"style_{fmt}.safetensors"
+            assert main(["lora", "convert", str(lora), "--to", fmt, "-o", str(path)]) == 0
+        out = tmp_path / f"{fmt}.mp4"
+        assert main(base_args(out, "--prompt", "a cat", "--seed", "3", "--lora", f"{path}:0.7")) == 0
+        outputs[fmt] = frames_of(out).astype(int)
+    assert np.array_equal(outputs["kohya"], outputs["comfyui"])
+    assert np.array_equal(outputs["diffusers"], outputs["comfyui"])
