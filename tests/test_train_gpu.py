@@ -29,7 +29,7 @@ def _cfg(tmp_path, **tables) -> TrainConfig:
 def test_inactive_expert_waits_in_pinned_cpu_memory(tmp_path):
     cfg = _cfg(tmp_path)
     variant, device = run_variant(cfg), torch.device("cuda")
-    units = [build_unit(n, m, cfg, variant, 4, device) for n, m in build_models(cfg, variant).items()]
+    units = [build_unit(n, m, cfg, variant, 4, device, on_device=False) for n, m in build_models(cfg, variant).items()]
     schedule = ExpertSchedule(units, 1, True, device)
     for step, active in ((0, "high"), (1, "low"), (2, "high")):
         unit = schedule.unit_for(step)
@@ -42,6 +42,7 @@ def test_inactive_expert_waits_in_pinned_cpu_memory(tmp_path):
 def test_a14b_both_with_offload_trains_on_cuda(tmp_path):
     files = main(_cfg(tmp_path))
     assert len(files) == 2
+    assert "pinned CPU memory" in (tmp_path / "gpu" / "train.log").read_text()
     records = [json.loads(line) for line in (tmp_path / "gpu" / "metrics.jsonl").read_text().splitlines()]
     assert [r["expert"] for r in records] == ["high", "low", "high", "low"]
     assert all("grad_norm" in r for r in records)

@@ -53,7 +53,8 @@ def test_nan_sample_step_is_skipped_and_reported(tmp_path):
     samples = synthetic_samples(_cfg(tmp_path).data.synthetic, variant)[:4]
     samples[2]["latents_CFHW"] = torch.full_like(samples[2]["latents_CFHW"], float("nan"))
     save_samples(tmp_path / "data.safetensors", samples)
-    files = main(_cfg(tmp_path, data={"latents_file": str(tmp_path / "data.safetensors"), "shuffle": False, "synthetic": None},
+    data = {"latents_file": str(tmp_path / "data.safetensors"), "shuffle": False, "synthetic": None}
+    files = main(_cfg(tmp_path, data=data,
                       training={"steps": 4, "batch_size": 1}))
     records = _records(tmp_path)
     assert [("skipped" in r) for r in records] == [False, False, True, False]

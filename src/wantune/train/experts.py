@@ -76,9 +76,23 @@ def build_models(cfg: TrainConfig, variant: WanVariant) -> dict[str, nn.Module]:
     return {name: load_transformer(paths[name], wanted, dtype=dtype, hint="wan2.2") for name in names}
 
 
+def plan_offload(cfg: TrainConfig, models: dict[str, nn.Module], device: torch.device) -> bool:
+    """Offload the waiting expert when asked, or when both experts would take over 70% of free GPU memory."""
+    if len(models) < 2 or device.type != "cuda":
+        return False
+    if cfg.experts.offload_inactive:
+        return True
+    needed = sum(p.numel() * p.element_size() for m in models.values() for p in m.parameters())
+    free = torch.cuda.mem_get_info(device)[0]
+    return needed * (1.0 if cfg.network.type == "lora" else 3.0) > 0.7 * free
+
+
 def build_unit(name: str, model: nn.Module, cfg: TrainConfig, variant: WanVariant, total_steps: int,
-               device: torch.device) -> TrainUnit:
-    """Wrap one model for training: LoRA or full, checkpointing, optimiser, schedule, EMA."""
+               device: torch.device, on_device: bool = True) -> TrainUnit:
+    """Wrap one model for training: LoRA or full, checkpointing, optimiser, schedule, EMA.
+
+    `on_device=False` leaves it on the CPU (an offloaded expert; `ExpertSchedule` moves it when active).
+    """
     net_cfg = cfg.network
     network = None
     if net_cfg.type == "lora":
@@ -96,7 +110,8 @@ def build_unit(name: str, model: nn.Module, cfg: TrainConfig, variant: WanVarian
         from wantune.perf.checkpointing import apply_gradient_checkpointing
 
         apply_gradient_checkpointing(model)
-    model.to(device)
+    if on_device:
+        model.to(device)
     groups = param_groups(named, cfg.optimizer.lr, net_cfg.loraplus_lr_ratio if network else 1.0)
     optimizer = build_optimizer(groups, cfg.optimizer, device)
     scheduler = build_scheduler(optimizer, cfg.schedule, total_steps)

@@ -18,7 +18,7 @@ import torch
 from wantune import config as typed
 from wantune.train.config import TrainConfig, save_resolved
 from wantune.train.diagnostics import Diagnostics, lora_update_norm
-from wantune.train.experts import ExpertSchedule, build_models, build_unit, run_variant
+from wantune.train.experts import ExpertSchedule, build_models, build_unit, plan_offload, run_variant
 from wantune.train.logging import MetricsLog, progress_bar
 from wantune.train.loop import StepContext, StepResult, TrainUnit, train_step
 from wantune.train.sources import RunData, build_data
@@ -34,14 +34,17 @@ def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
     variant = run_variant(cfg)
     data = build_data(cfg, variant)
     total = total_steps(cfg, data)
-    units = [build_unit(name, model, cfg, variant, total, device) for name, model in build_models(cfg, variant).items()]
-    experts = ExpertSchedule(units, cfg.experts.switch_every, cfg.experts.offload_inactive, device)
+    models = build_models(cfg, variant)
+    offload = plan_offload(cfg, models, device)
+    units = [build_unit(name, model, cfg, variant, total, device, on_device=not offload)
+             for name, model in models.items()]
+    experts = ExpertSchedule(units, cfg.experts.switch_every, offload, device)
     ctx = StepContext(cfg, device, torch.Generator().manual_seed(cfg.training.seed), make_scaler(cfg, device))
     run_dir = prepare_run_dir(cfg)
     run = Run(cfg, run_dir, units, ctx, data, Diagnostics(cfg.optimizer.lr), variant=variant, total=total)
     start = run.restore(resolve_resume(run_dir, resume))
     run.open_log(resumed_at=start if resume else None)
-    run.announce(start)
+    run.announce(start, offload)
     bar = progress_bar(start, total, cfg.logging.progress_bar)
     for step in range(start, total):
         unit = experts.unit_for(step)
@@ -85,7 +88,7 @@ class Run:
     def open_log(self, resumed_at: int | None) -> None:
         self.log = MetricsLog(self.run_dir, self.cfg.logging.tensorboard, resume_step=resumed_at)
 
-    def announce(self, start: int) -> None:
+    def announce(self, start: int, offload: bool = False) -> None:
         from wantune.train.presets import recommend
 
         n = self.data.num_samples
@@ -93,6 +96,9 @@ class Run:
         where = f"resuming at step {start}" if start else "starting"
         self.log.message(f"{where}: {self.total} steps, {n} training samples, {len(self.data.validation)} "
                          f"validation samples; run folder {self.run_dir}. Guide advice for this size: {rec.reason}.")
+        if offload:
+            self.log.message("A14B: the waiting expert is kept in pinned CPU memory and moved to the GPU when "
+                             f"its turn comes (every {self.cfg.experts.switch_every} steps).")
         for unit in self.units:
             if unit.sigma_range is None:
                 self.log.message(f"expert {unit.name}: no allowed timestep falls in its range "
@@ -154,8 +160,8 @@ class Run:
         tail = f"; best validation loss {self.diagnostics.best_val:.4g} at step {self.diagnostics.best_val_step}" \
                f" ({best or 'no checkpoint at that step'})" if self.diagnostics.best_val is not None else ""
         self.log.message(f"done: {', '.join(str(f) for f in files)}{tail}")
-        (self.run_dir / "result.json").write_text(json.dumps({"files": [str(f) for f in files],
-                                                              "checkpoints": [p.name for p in list_checkpoints(self.run_dir)]}, indent=1))
+        result = {"files": [str(f) for f in files], "checkpoints": [p.name for p in list_checkpoints(self.run_dir)]}
+        (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
         self.log.close()
 
 
