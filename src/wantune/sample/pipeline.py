@@ -80,6 +80,10 @@ def generate(spec: ModelSpec, requests: list[PromptSpec], out: str | Path,
     requests = [resolve_request(r, variant) for r in requests]
     outputs = output_paths(Path(out), len(requests))
     validate(spec, variant, requests, outputs, settings)
+    if variant.is_expert_pair and bool(spec.loras) != bool(spec.loras_low):
+        side = "high-noise (--lora)" if spec.loras else "low-noise (--lora-low)"
+        print(f"note: LoRAs apply to the {side} expert only; give the other expert its own with "
+              f"{'--lora-low' if spec.loras else '--lora'}", file=sys.stderr)
 
     contexts = encode_prompts(spec, variant, requests, device)
     denoiser = load_denoiser(spec, variant, dtype, device, offload=settings.offload)
