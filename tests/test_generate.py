@@ -250,3 +250,18 @@ def test_lora_converted_to_kohya_and_diffusers_generates_the_same_video(tmp_path
         outputs[fmt] = frames_of(out).astype(int)
     assert np.array_equal(outputs["kohya"], outputs["comfyui"])
     assert np.array_equal(outputs["diffusers"], outputs["comfyui"])
+
+
+def test_prompt_file_images_resolve_beside_the_file(tmp_path, monkeypatch):
+    from wantune.errors import UserError
+    from wantune.sample.prompts import read_prompt_file
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "cat.png").write_bytes(b"png")
+    (tmp_path / "sub" / "p.txt").write_text("# comment\n\na cat --i cat.png --li /abs/last.png\n")
+    monkeypatch.chdir(tmp_path)
+    [spec] = read_prompt_file(tmp_path / "sub" / "p.txt")
+    assert spec.image == str(tmp_path / "sub" / "cat.png") and spec.last_image == "/abs/last.png"
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(UserError, match="no prompts"):
+        read_prompt_file(tmp_path / "empty.txt")

@@ -6,6 +6,7 @@ Flags (each optional; unset ones fall back to the command line / variant default
 `--f` frames, `--d` seed, `--s` steps, `--g` guidance, `--gl` low-noise guidance (A14B), `--fs` flow shift,
 `--n` negative prompt, `--i` image (I2V/TI2V), `--li` last image (FLF2V). Blank lines and lines starting with
 `#` are skipped. A flag value runs to the next ` --`, so negative prompts may contain spaces and commas.
+Relative image paths are taken from the current folder, or else from the prompt file's folder.
 Generation and the training previews both read this format.
 """
 
@@ -82,6 +83,14 @@ def parse_prompt_line(line: str, where: str = "prompt") -> PromptSpec:
     return PromptSpec(prompt=text, **values)
 
 
+def _beside(image: str | None, prompt_file: Path) -> str | None:
+    """A relative image path that does not exist from here, taken from the prompt file's folder."""
+    if image is None or Path(image).is_absolute() or Path(image).exists():
+        return image
+    candidate = prompt_file.parent / image
+    return str(candidate) if candidate.exists() else image
+
+
 def read_prompt_file(path: str | Path) -> list[PromptSpec]:
     """Every prompt of a prompt file (see the module docstring for the syntax)."""
     path = Path(path)
@@ -90,7 +99,9 @@ def read_prompt_file(path: str | Path) -> list[PromptSpec]:
     specs = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip() and not line.lstrip().startswith("#"):
-            specs.append(parse_prompt_line(line, where=f"{path}:{number}"))
+            spec = parse_prompt_line(line, where=f"{path}:{number}")
+            specs.append(dataclasses.replace(spec, image=_beside(spec.image, path),
+                                             last_image=_beside(spec.last_image, path)))
     if not specs:
         raise UserError(f"{path}: no prompts (one per line; '#' starts a comment)")
     return specs
