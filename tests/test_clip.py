@@ -138,3 +138,9 @@ def test_errors(tmp_path):
         load_clip(tmp_path / "vae.safetensors")
     with pytest.raises(UserError, match="unexpected key"):
         official_to_hf({"visual.patch_embedding.weight": torch.zeros(1), "visual.weird": torch.zeros(1)})
+
+
+def test_pipeline_folder(tmp_path, hf_model):
+    hf_model.save_pretrained(tmp_path / "pipeline" / "image_encoder")
+    clip = load_clip(tmp_path / "pipeline", torch.float32)
+    assert clip.model.config.num_attention_heads == HEADS and clip.identity.startswith("image_encoder:")

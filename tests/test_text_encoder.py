@@ -127,3 +127,18 @@ def test_errors(tmp_path):
     torch.save(sd, tmp_path / "odd.pth")
     with pytest.raises(UserError, match="unexpected key"):
         load_text_encoder(tmp_path / "odd.pth", TOKENIZER, torch.float32)
+
+
+def test_official_and_pipeline_folders(tmp_path, encoder, prompt):
+    import shutil
+
+    official = tmp_path / "Wan2.1-T2V-1.3B"
+    (official / "google").mkdir(parents=True)
+    shutil.copy(OFFICIAL, official / "models_t5_umt5-xxl-enc-bf16.pth")
+    shutil.copytree(TOKENIZER, official / "google" / "umt5-xxl")
+    pipeline = tmp_path / "pipeline"
+    shutil.copytree(TOKENIZER, pipeline / "tokenizer")
+    encoder.model.save_pretrained(pipeline / "text_encoder")
+    want = encoder.encode([prompt])[0]
+    for folder in (official, pipeline):
+        assert torch.equal(load_text_encoder(folder, folder, torch.float32).encode([prompt])[0], want)

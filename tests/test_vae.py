@@ -169,3 +169,16 @@ def test_wan21_mapping_equals_diffusers_single_file_converter():
     theirs = convert_wan_vae_to_diffusers(dict(official))  # (it does not handle the nested Wan 2.2 layout)
     ours = vae_convert.official_to_diffusers(official)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_pipeline_and_official_folders(tmp_path):
+    import shutil
+
+    official = tmp_path / "Wan2.2-TI2V-5B"
+    official.mkdir()
+    shutil.copy(FIXTURES / "wan22_vae_tiny.pth", official / "Wan2.2_VAE.pth")
+    load_vae(FIXTURES / "wan22_vae_tiny.pth").model.save_pretrained(tmp_path / "pipeline" / "vae")
+    (tmp_path / "pipeline" / "transformer").mkdir()
+    for folder in (official, tmp_path / "pipeline"):
+        vae = load_vae(folder, version="2.2")
+        assert vae.z_dim == 48 and "transformer" not in vae.identity

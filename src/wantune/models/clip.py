@@ -20,6 +20,7 @@ import torch
 from wantune.errors import UserError
 from wantune.models.formats import load_torch_file
 
+CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _HF = "vision_model."
@@ -200,7 +201,9 @@ def load_clip(path, dtype: torch.dtype = torch.float16, device="cpu", num_heads:
     """Load the CLIP vision tower (official Wan .pth, open_clip, HF/ComfyUI) with config from its shapes."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    path = Path(path)
+    from wantune.models.text_encoder import component_location, file_identity
+
+    path = component_location(Path(path), "image_encoder", (CLIP_FILE,))
     sd = read_clip_state_dict(path)
     config_file = path / "config.json" if path.is_dir() else None
     if num_heads is None and config_file is not None and config_file.exists():
@@ -219,9 +222,7 @@ def load_clip(path, dtype: torch.dtype = torch.float16, device="cpu", num_heads:
         raise UserError(f"{path}: weights do not fit a CLIP vision model ({first})") from None
     _restore_buffers(model)
     model.to(device)
-    from wantune.models.text_encoder import _file_identity
-
-    return ClipVision(model, f"{_file_identity(path)}:{str(dtype).removeprefix('torch.')}")
+    return ClipVision(model, f"{file_identity(path)}:{str(dtype).removeprefix('torch.')}")
 
 
 def _restore_buffers(model) -> None:

@@ -21,6 +21,8 @@ from wantune.models import umt5_convert
 from wantune.models.formats import load_torch_file
 
 TEXT_LEN = 512
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+TOKENIZER_SUBFOLDERS = ("tokenizer", "google/umt5-xxl")
 
 
 def clean_prompt(text: str) -> str:
@@ -102,6 +104,9 @@ def load_tokenizer(tokenizer_dir):
     if folder is None or not folder.is_dir():
         raise UserError(f"{tokenizer_dir}: no such tokenizer folder; pass --tokenizer DIR holding the "
                         f"google/umt5-xxl tokenizer (spiece.model, tokenizer_config.json)")
+    for sub in TOKENIZER_SUBFOLDERS:  # a diffusers pipeline or official Wan folder
+        if not (folder / "tokenizer_config.json").exists() and (folder / sub).is_dir():
+            folder = folder / sub
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as e:
@@ -138,7 +143,7 @@ def load_text_encoder(path, tokenizer_dir, dtype: torch.dtype = torch.bfloat16, 
     """Load the UMT5 encoder (official .pth, HF/ComfyUI safetensors) and the tokenizer from local paths."""
     from transformers import UMT5Config, UMT5EncoderModel
 
-    path = Path(path)
+    path = component_location(Path(path), "text_encoder", (T5_FILE,))
     tokenizer = load_tokenizer(tokenizer_dir)
     sd = read_text_encoder_state_dict(path)
     config = UMT5Config(**umt5_convert.umt5_config_kwargs(sd))
@@ -156,12 +161,12 @@ def load_text_encoder(path, tokenizer_dir, dtype: torch.dtype = torch.bfloat16, 
         raise UserError(f"{path}: weights do not fit a UMT5 encoder ({first})") from None
     model.encoder.embed_tokens = model.shared
     model.to(device)
-    identity = f"{_file_identity(path)}:{_file_identity(Path(tokenizer_dir))}:{str(dtype).removeprefix('torch.')}"
+    identity = f"{file_identity(path)}:{file_identity(Path(tokenizer_dir))}:{str(dtype).removeprefix('torch.')}"
     return TextEncoder(model, tokenizer, identity)
 
 
-def _file_identity(path: Path) -> str:
-    """name:size:hash of the first MiB of each file (a folder: all its files)."""
+def file_identity(path: Path) -> str:
+    """name:size:hash of the first MiB of each file (a folder: all its files), for cache keys."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest, size = hashlib.sha256(), 0
     for f in files:
@@ -169,3 +174,13 @@ def _file_identity(path: Path) -> str:
         with open(f, "rb") as fh:
             digest.update(fh.read(1 << 20))
     return f"{path.name}:{size}:{digest.hexdigest()[:16]}"
+
+
+def component_location(path: Path, subfolder: str, official_names: tuple[str, ...]) -> Path:
+    """The file/folder holding one component: a diffusers pipeline's `subfolder`, an official Wan folder's
+    file (e.g. `Wan2.1_VAE.pth`), or `path` itself."""
+    if not path.is_dir():
+        return path
+    if (path / subfolder).is_dir():
+        return path / subfolder
+    return next((path / n for n in official_names if (path / n).is_file()), path)

@@ -10,7 +10,6 @@ Shapes: B batch, C channels (3 pixels, z_dim latents), F frames, H height, W wid
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ WAN22_STD = [0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.499, 0.4818, 0.5013, 0.81
              0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
              0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.06, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744]
 LATENT_STATS = {"2.1": (WAN21_MEAN, WAN21_STD), "2.2": (WAN22_MEAN, WAN22_STD)}
+VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.2_VAE.pth")
 VERSION_Z_DIM = {"2.1": 16, "2.2": 48}
 VERSION_STRIDE = {"2.1": (4, 8, 8), "2.2": (4, 16, 16)}
 
@@ -181,7 +181,9 @@ def load_vae(path, version: str | None = None, dtype: torch.dtype = torch.float3
     """Load a Wan VAE from an official .pth, official/ComfyUI safetensors or diffusers folder/file."""
     from diffusers import AutoencoderKLWan
 
-    path = Path(path)
+    from wantune.models.text_encoder import component_location
+
+    path = component_location(Path(path), "vae", VAE_FILES)
     if version not in (None, "2.1", "2.2"):
         raise UserError(f"VAE version {version!r}: expected '2.1' or '2.2'")
     sd = read_vae_state_dict(path)
@@ -210,8 +212,7 @@ def read_vae_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise UserError(f"{path}: no such VAE file or folder")
     if path.is_dir():
-        folder = path / "vae" if (path / "vae").is_dir() else path
-        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")) or sorted(folder.glob("*.pth"))
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(path.glob("*.pth"))
         if not files:
             raise UserError(f"{path}: folder holds no VAE weights (*.safetensors); expected a diffusers VAE folder")
         sd = {}
@@ -249,12 +250,7 @@ def _strip_prefix(sd: dict, path: Path) -> dict:
 
 
 def vae_identity(path: Path, dtype: torch.dtype) -> str:
-    """Stable id of a VAE file + dtype for cache keys: name, size and a hash of the first MiB."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    size = 0
-    for f in files:
-        size += f.stat().st_size
-        with open(f, "rb") as fh:
-            digest.update(fh.read(1 << 20))
-    return f"{path.name}:{size}:{digest.hexdigest()[:16]}:{str(dtype).removeprefix('torch.')}"
+    """Stable id of a VAE file/folder + dtype for cache keys: name, size and a hash of the first MiB."""
+    from wantune.models.text_encoder import file_identity
+
+    return f"{file_identity(path)}:{str(dtype).removeprefix('torch.')}"
