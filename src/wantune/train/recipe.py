@@ -22,7 +22,8 @@ from wantune.train.experts import ExpertSchedule, build_models, build_unit, plan
 from wantune.train.logging import MetricsLog, progress_bar
 from wantune.train.loop import StepContext, StepResult, TrainUnit, train_step
 from wantune.train.sources import RunData, build_data
-from wantune.train.state import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint, save_final
+from wantune.train.state import (checkpoint_dir, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint,
+                                 save_final)
 from wantune.train.validation import timestep_owners, validation_loss
 
 
@@ -105,7 +106,11 @@ class Run:
                                  f"(min/max_timestep); it is not trained and is saved unchanged.")
 
     def after_step(self, step: int, unit: TrainUnit, result: StepResult, epoch_ended: bool, bar) -> None:
-        """Metrics, diagnostics, validation, previews and checkpoints due after `step` steps."""
+        """Metrics, diagnostics, validation, previews, then the checkpoint due after `step` steps.
+
+        The checkpoint comes last so that it holds this step's diagnostics and the metrics line is already
+        written: a resumed run neither loses nor repeats a record.
+        """
         cfg = self.cfg
         record = {"loss": result.loss, "lr": result.lr, "expert": unit.name, **result.parts}
         if result.grad_norm is not None:
@@ -116,14 +121,12 @@ class Run:
         bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)
         saving = _due(step, cfg.saving.every_steps) or (epoch_ended and cfg.saving.every_epochs > 0 and
                                                         self.data.completed_epochs % cfg.saving.every_epochs == 0)
-        if saving:
-            self.last_checkpoint = self.save(step).name
         if _due(step, cfg.validation.every_steps) and self.data.validation:
             owners = timestep_owners(cfg.validation.timesteps, self.units)
             record.update(validation_loss(self.data.validation, owners, self.ctx))
             if "val/loss" in record:
                 messages += self.diagnostics.on_validation(step, record["val/loss"], result.loss,
-                                                           self.last_checkpoint if saving else None)
+                                                           checkpoint_dir(self.run_dir, step).name if saving else None)
         if step == max(20, self.total // 5) or step == self.total:
             for u in self.units:
                 messages += self.diagnostics.on_lora(step, u.network)
@@ -133,6 +136,8 @@ class Run:
         self.log.log(step, record)
         for text in messages:
             self.log.message(text, bar)
+        if saving:
+            self.last_checkpoint = self.save(step).name
 
     def save(self, step: int) -> Path:
         extra = {"diagnostics": self.diagnostics.state_dict()}
