@@ -1,0 +1,72 @@
+"""Toy base-model parts: the shipped sentencepiece tokenizer and the tiny UMT5 / Wan VAE / Wan transformer
+shells, loaded back through wantune's own loaders and checked against transformers / diffusers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wantune.toy.base import (TOKENIZER_DIR, build_base, build_text_encoder, build_transformer, build_vae,
+                              caption_corpus, toy_variant, train_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return build_base(tmp_path_factory.mktemp("toy_base"), seed=3)
+
+
+def test_shipped_tokenizer_is_reproduced(tmp_path):
+    out = train_tokenizer(tmp_path / "tok")
+    assert (out / "spiece.model").read_bytes() == (TOKENIZER_DIR / "spiece.model").read_bytes()
+    assert (out / "tokenizer_config.json").read_text() == (TOKENIZER_DIR / "tokenizer_config.json").read_text()
+
+
+def test_tokenizer_is_a_t5_sentencepiece_tokenizer():
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    sp = spm.SentencePieceProcessor(model_file=str(TOKENIZER_DIR / "spiece.model"))
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    lines = caption_corpus(per_concept=50, seed=9) + ["a teal blorp skating upward", "QUIZ 42 #ff00aa"]
+    assert all(tok(s).input_ids == sp.encode(s) + [1] for s in lines)
+    assert 2 not in tok("a magenta blorp zigzagging").input_ids  # new words split into known pieces
+
+
+def test_parts_load_through_wantune_loaders(base_dir):
+    from wantune.models.checkpoint import load_transformer
+    from wantune.models.text_encoder import load_text_encoder, pad_context
+    from wantune.models.vae import load_vae
+
+    encoder = load_text_encoder(base_dir / "text_encoder.safetensors", base_dir / "tokenizer", dtype=torch.float32)
+    vae = load_vae(base_dir / "vae.safetensors", dtype=torch.float32)
+    model = load_transformer(base_dir / "transformer.safetensors", variant=toy_variant(), dtype=torch.float32)
+    prompt = "a red circle moving left on a black background"
+    context = encoder.encode([prompt])
+    ids = encoder.tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():  # oracle: the same-seed transformers model on the same ids
+        expected = build_text_encoder(len(encoder.tokenizer), seed=3)(input_ids=ids).last_hidden_state[0]
+    assert torch.allclose(context[0], expected, atol=1e-5)
+    torch.manual_seed(0)
+    video = torch.rand(1, 3, 17, 64, 64) * 2 - 1
+    latents = vae.encode(video)
+    assert latents.shape == (1, 16, 5, 8, 8) and vae.version == "2.1"
+    with torch.no_grad():  # oracle: diffusers' own encoder mean, normalised with the official stats
+        reference = build_vae(seed=3)
+        mean = torch.tensor(reference.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(reference.config.latents_std).view(1, -1, 1, 1, 1)
+        mu = reference.encode(video).latent_dist.mean
+    assert torch.allclose(latents, (mu - mean) / std, atol=1e-4)
+    with torch.no_grad():
+        out = model(latents, torch.tensor([500.0]), pad_context(context))
+    assert out.shape == latents.shape
+    fresh = build_transformer(seed=3).state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in model.state_dict().items())
+
+
+def test_toy_sizes_stay_small(base_dir):
+    total = sum(p.stat().st_size for p in base_dir.rglob("*") if p.is_file())
+    assert total < 12e6
+    variant = toy_variant()
+    assert (variant.dim, variant.num_layers, variant.text_dim) == (128, 4, 64)
+    assert variant.head_dim == 32 and variant.height == variant.width == 64 and variant.frames == 17
