@@ -265,3 +265,18 @@ def test_prompt_file_images_resolve_beside_the_file(tmp_path, monkeypatch):
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(UserError, match="no prompts"):
         read_prompt_file(tmp_path / "empty.txt")
+
+
+def test_image_without_size_keeps_its_aspect_at_the_default_area(tmp_path):
+    from PIL import Image
+
+    from wantune.sample.pipeline import resolve_request
+    from wantune.sample.prompts import PromptSpec
+
+    Image.new("RGB", (720, 1280)).save(tmp_path / "portrait.png")
+    variant = get_variant("wan2.1-i2v-14b")  # 832x480 area; official: floor to multiples of 16
+    request = resolve_request(PromptSpec("x", image=str(tmp_path / "portrait.png")), variant)
+    assert (request.width, request.height) == (464, 832)
+    sized = resolve_request(PromptSpec("x", image=str(tmp_path / "portrait.png"), width=480, height=480), variant)
+    assert (sized.width, sized.height) == (480, 480)
+    assert resolve_request(PromptSpec("x"), variant).width == 832

@@ -126,7 +126,13 @@ def resolve_variant(spec: ModelSpec) -> WanVariant:
 
 
 def resolve_request(request: PromptSpec, variant: WanVariant) -> PromptSpec:
-    """Fill unset settings from the variant's official defaults; pick a random seed when none is given."""
+    """Fill unset settings from the variant's official defaults; pick a random seed when none is given.
+
+    With an image and no size, the size follows the image's aspect ratio at the variant's default area, as the
+    official I2V code does (floored to the pixel multiple).
+    """
+    if request.image is not None and request.width is None and request.height is None:
+        request = dataclasses.replace(request, **_size_from_image(request.image, variant))
     filled = request.with_defaults(
         width=variant.width, height=variant.height, frames=variant.frames, steps=variant.steps,
         guidance=variant.guidance, shift=variant.shift, negative_prompt=variant.negative_prompt,
@@ -135,6 +141,20 @@ def resolve_request(request: PromptSpec, variant: WanVariant) -> PromptSpec:
         low = variant.guidance_low if request.guidance is None else request.guidance
         filled = dataclasses.replace(filled, guidance_low=low)
     return filled
+
+
+def _size_from_image(image: str, variant: WanVariant) -> dict:
+    """{width, height} with the image's aspect ratio and about the variant's default pixel area."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as img:
+            w, h = img.size
+    except (OSError, UnidentifiedImageError):
+        return {}  # validation reports the missing or unreadable image
+    area, m = variant.width * variant.height, variant.pixel_multiple
+    return {"width": max(m, int((area * w / h) ** 0.5) // m * m),
+            "height": max(m, int((area * h / w) ** 0.5) // m * m)}
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
