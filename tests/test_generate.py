@@ -117,6 +117,7 @@ def test_fp8_generation_runs_close_to_full_precision(tmp_path):
     (["--sampler", "euler", "--lora-low", "x.safetensors"], "--lora-low: wan2.1-t2v-1.3b has one transformer"),
     (["--variant", "wan2.2-i2v-a14b"], "wan2.2-i2v-a14b expects 36 input channels; "),
     (["--model", "nowhere.safetensors"], "nowhere.safetensors: --model not found"),
+    (["--device", "tpu9"], "--device 'tpu9': not a device"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, change, message):
     args = base_args(tmp_path / "o.mp4", "--prompt", "x")
@@ -128,6 +129,14 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, change, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_lora_for_another_model_fails_before_loading(tmp_path, capsys):
+    lora = save_tiny_lora(tmp_path / "i2v.safetensors", "wan2.1-i2v-14b")  # has cross_attn.k_img
+    assert main(base_args(tmp_path / "o.mp4", "--prompt", "x", "--lora", str(lora))) == 2
+    err = capsys.readouterr().err
+    assert "is not a Linear of this model; the LoRA was made for another Wan variant" in err
+    assert not (tmp_path / "o.mp4").exists()
 
 
 def test_i2v_without_image_fails_before_loading(tmp_path, capsys):

@@ -85,8 +85,9 @@ def generate(spec: ModelSpec, requests: list[PromptSpec], out: str | Path,
         print(f"note: LoRAs apply to the {side} expert only; give the other expert its own with "
               f"{'--lora-low' if spec.loras else '--lora'}", file=sys.stderr)
 
+    loras = read_loras(spec, variant)
     contexts = encode_prompts(spec, variant, requests, device)
-    denoiser = load_denoiser(spec, variant, dtype, device, offload=settings.offload)
+    denoiser = load_denoiser(spec, variant, dtype, device, offload=settings.offload, loras=loras)
     vae, clip = load_image_models(spec, variant, device)
     written = []
     for request, (context, negative), path in zip(requests, contexts, outputs):
@@ -177,7 +178,12 @@ def validate(spec: ModelSpec, variant: WanVariant, requests: list[PromptSpec], o
 
 
 def _device_and_dtype(settings: RunSettings) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {settings.device!r}: not a device; use cuda, cuda:N or cpu") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {settings.device}: no CUDA GPU is available here; use --device cpu")
     name = settings.dtype or ("bf16" if device.type == "cuda" else "fp32")
     if name not in DTYPES:
         raise UserError(f"--dtype {name!r}: choose one of {', '.join(DTYPES)}")
@@ -199,39 +205,55 @@ def encode_prompts(spec: ModelSpec, variant: WanVariant, requests: list[PromptSp
              pad_context([embeds[r.negative_prompt]], variant.text_len).float()) for r in requests]
 
 
+def read_loras(spec: ModelSpec, variant: WanVariant) -> dict[str, list]:
+    """{'high': [(LoraWeights, strength)], 'low': [...]}, each checked against the variant's Linear shapes.
+
+    LoRA files are small: reading them before the big weights reports a LoRA made for another model at once.
+    """
+    if not spec.loras and not spec.loras_low:
+        return {"high": [], "low": []}
+    from wantune.lora import load_lora
+    from wantune.lora.merge import check_fits, linear_weight_shapes
+    from wantune.models.transformer import WanModel
+
+    with torch.device("meta"):
+        shapes = linear_weight_shapes(WanModel(variant))
+    out = {}
+    for name, items in (("high", spec.loras), ("low", spec.loras_low)):
+        out[name] = [(load_lora(path), strength) for path, strength in items]
+        for weights, _ in out[name]:
+            check_fits(weights, shapes)
+    return out
+
+
 def load_denoiser(spec: ModelSpec, variant: WanVariant, dtype: torch.dtype, device: torch.device,
-                  offload: bool = False):
+                  offload: bool = False, loras: dict[str, list] | None = None):
     """The WanModel (or A14B ExpertPair) with its LoRAs attached, optionally stored in fp8."""
     from wantune.models.checkpoint import load_expert_pair, load_transformer
     from wantune.sample.experts import ExpertPair
 
+    loras = read_loras(spec, variant) if loras is None else loras
     offload = offload and variant.is_expert_pair and device.type != "cpu"
     if variant.is_expert_pair:
         high, low = load_expert_pair(spec.model, spec.model_low, variant=variant, dtype=dtype,
                                      device="cpu" if offload else device)
-        experts = {"high": (high, spec.loras), "low": (low, spec.loras_low)}
+        experts = {"high": high, "low": low}
     else:
-        experts = {"high": (load_transformer(spec.model, variant=variant, dtype=dtype, device=device),
-                            spec.loras)}
-    for model, loras in experts.values():
+        experts = {"high": load_transformer(spec.model, variant=variant, dtype=dtype, device=device)}
+    for name, model in experts.items():
         model.eval().requires_grad_(False)
-        _attach(model, loras)
+        if loras[name]:
+            from wantune.lora import attach_loras
+
+            attach_loras(model, loras[name])
         if spec.fp8:
             from wantune.sample.fp8 import quantize_blocks_fp8
 
             quantize_blocks_fp8(model)
     if variant.is_expert_pair:
-        return ExpertPair(experts["high"][0], experts["low"][0], variant.boundary,
+        return ExpertPair(experts["high"], experts["low"], variant.boundary,
                           offload_device=device if offload else None)
-    return experts["high"][0]
-
-
-def _attach(model, loras: list[tuple[str, float]]) -> None:
-    if not loras:
-        return
-    from wantune.lora import attach_loras, load_lora
-
-    attach_loras(model, [(load_lora(path), strength) for path, strength in loras])
+    return experts["high"]
 
 
 def load_image_models(spec: ModelSpec, variant: WanVariant, device: torch.device):
