@@ -118,6 +118,7 @@ def test_fp8_generation_runs_close_to_full_precision(tmp_path):
     (["--variant", "wan2.2-i2v-a14b"], "wan2.2-i2v-a14b expects 36 input channels; "),
     (["--model", "nowhere.safetensors"], "nowhere.safetensors: --model not found"),
     (["--device", "tpu9"], "--device 'tpu9': not a device"),
+    (["--variant-override", "depth=3"], "--variant-override depth: not a variant field"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, change, message):
     args = base_args(tmp_path / "o.mp4", "--prompt", "x")

@@ -56,11 +56,18 @@ def register(subparsers) -> None:
 
 def parse_overrides(items: list[str]) -> dict:
     """`KEY=VALUE` strings -> typed variant field overrides (int, float, or string)."""
+    import dataclasses
+
+    from wantune.models.variants import WanVariant
+
+    fields = [f.name for f in dataclasses.fields(WanVariant) if f.name != "name"]
     out = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--variant-override {item!r}: expected KEY=VALUE, e.g. dim=64")
+        if key not in fields:
+            raise UserError(f"--variant-override {key}: not a variant field; known: {', '.join(fields)}")
         for kind in (int, float):
             try:
                 out[key] = kind(raw)

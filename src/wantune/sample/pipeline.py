@@ -80,11 +80,6 @@ def generate(spec: ModelSpec, requests: list[PromptSpec], out: str | Path,
     requests = [resolve_request(r, variant) for r in requests]
     outputs = output_paths(Path(out), len(requests))
     validate(spec, variant, requests, outputs, settings)
-    if variant.is_expert_pair and bool(spec.loras) != bool(spec.loras_low):
-        side = "high-noise (--lora)" if spec.loras else "low-noise (--lora-low)"
-        print(f"note: LoRAs apply to the {side} expert only; give the other expert its own with "
-              f"{'--lora-low' if spec.loras else '--lora'}", file=sys.stderr)
-
     loras = read_loras(spec, variant)
     contexts = encode_prompts(spec, variant, requests, device)
     denoiser = load_denoiser(spec, variant, dtype, device, offload=settings.offload, loras=loras)
@@ -212,6 +207,10 @@ def read_loras(spec: ModelSpec, variant: WanVariant) -> dict[str, list]:
     """
     if not spec.loras and not spec.loras_low:
         return {"high": [], "low": []}
+    if variant.is_expert_pair and bool(spec.loras) != bool(spec.loras_low):
+        side, other = ("high-noise", "--lora-low") if spec.loras else ("low-noise", "--lora")
+        print(f"note: LoRAs apply to the {side} expert only; give the other expert its own with {other} "
+              "(the same file may go to both)", file=sys.stderr)
     from wantune.lora import load_lora
     from wantune.lora.merge import check_fits, linear_weight_shapes
     from wantune.models.transformer import WanModel
