@@ -27,9 +27,10 @@ case "$1" in
       --steps 5 --out $OUT/a14b_41f_512x512.json 2>&1 | tee -a $OUT/run2.log
     ;;
   3)
-    timeout 280 $S --frames 41 --height 512 --width 512 --precision fp8 --memory-cap-gib 24 --block-swap ${SWAP512:-14} \
+    export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    timeout 280 $S --frames 41 --height 512 --width 512 --precision fp8 --memory-cap-gib 24 --block-swap ${SWAP512:-4} \
       --warmup 2 --steps 5 --out $OUT/a14b_41f_512x512_cap24.json 2>&1 | tee $OUT/run3.log
-    timeout 300 $S --frames 81 --height 480 --width 832 --precision fp8 --memory-cap-gib 24 --block-swap ${SWAP81:-22} \
+    timeout 300 $S --frames 81 --height 480 --width 832 --precision fp8 --memory-cap-gib 24 --block-swap ${SWAP81:-8} \
       --warmup 2 --steps 5 --out $OUT/a14b_81f_480x832_cap24.json 2>&1 | tee -a $OUT/run3.log
     ;;
 esac

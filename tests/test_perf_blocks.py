@@ -102,3 +102,29 @@ def test_fused_block_forward_matches_wan_block(name, sizes):
     install_fast_blocks(setup.model, compile=False)
     wrap_blocks(setup.model, save_attention=True, min_kv_tokens=1)
     _assert_same(plain, setup.loss_and_grads())
+
+
+def test_offload_hooks_keep_strides_and_values():
+    from wantune.perf.ac_policy import OFFLOAD_MIN_ELEMENTS, _dense, offload_hooks
+
+    seen = {}
+
+    class SavesTransposed(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a.t())
+            return a * 3
+
+        @staticmethod
+        def backward(ctx, grad):
+            (saved,) = ctx.saved_tensors
+            seen["stride"], seen["value"] = saved.stride(), saved.t().clone()
+            return grad * 3
+
+    x = torch.randn(4, OFFLOAD_MIN_ELEMENTS, requires_grad=True)
+    with offload_hooks(pin=False):
+        out = SavesTransposed.apply(x * 1)
+    out.sum().backward()
+    assert seen["stride"] == x.t().stride() and torch.equal(seen["value"], x.detach())
+    assert torch.equal(x.grad, torch.full_like(x, 3.0))
+    assert _dense(x.t()) and not _dense(x[:, ::2])

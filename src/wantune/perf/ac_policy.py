@@ -89,12 +89,48 @@ def _block_forward(plain, index: int, swapper: BlockSwapper | None, context_fn, 
             return plain(*inputs, **kw)
 
         extra = {} if context_fn is None else {"context_fn": context_fn}
-        offloading = torch.autograd.graph.save_on_cpu(pin_memory=x_BLD.is_cuda) if offload else contextlib.nullcontext()
+        offloading = offload_hooks(x_BLD.is_cuda) if offload else contextlib.nullcontext()
         with offloading:
             out = checkpoint(recompute, x_BLD, *args, use_reentrant=False, **kwargs, **extra)
     if swapper is not None:
         swapper.unload(index)
     return out
+
+
+OFFLOAD_MIN_ELEMENTS = 1 << 16
+"""Saved tensors smaller than this stay on the GPU."""
+
+
+def offload_hooks(pin: bool):
+    """Saved-tensor hooks that keep large saved tensors in (pinned) CPU memory with their strides kept (compiled
+    backward kernels check strides), copied out and back asynchronously on the current stream."""
+
+    def pack(tensor: torch.Tensor):
+        if tensor.numel() < OFFLOAD_MIN_ELEMENTS or not _dense(tensor):
+            return tensor
+        host = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=pin)
+        host.copy_(tensor, non_blocking=pin)
+        return tensor.device, host
+
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        device, host = packed
+        out = torch.empty_strided(host.size(), host.stride(), dtype=host.dtype, device=device)
+        return out.copy_(host, non_blocking=True)
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """True if the tensor's elements fill its storage span without gaps or overlaps (a permuted contiguous)."""
+    sizes_strides = sorted((st, sz) for sz, st in zip(tensor.size(), tensor.stride()) if sz > 1)
+    expected = 1
+    for stride, size in sizes_strides:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _in_backward() -> bool:

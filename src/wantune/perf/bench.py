@@ -76,7 +76,7 @@ def run_speed(cfg: SpeedConfig, log=print, progress=None) -> dict:
     cfg.validate()
     if not torch.cuda.is_available():
         raise UserError("wantune bench speed needs a CUDA GPU (none is visible to PyTorch)")
-    device = torch.device("cuda")
+    device = torch.device("cuda", torch.cuda.current_device())
     overrides = {"num_layers": cfg.layers} if cfg.layers else {}
     variant = get_variant(cfg.variant, **overrides)
     grid = latent_grid(variant, cfg.frames, cfg.height, cfg.width)
@@ -129,6 +129,7 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
                    "settings": {"save_attention": save_attention, "offload": offload, "block_swap": cfg.block_swap,
                                 "compile": cfg.compile and cfg.mode == "fast", "mode": cfg.mode}}
             if cfg.check and not cfg.block_swap:
+                setup.reset_lora()  # the same LoRA weights the plain reference was measured with
                 run["numerics"] = numerics.compare(setup, backend, cfg.compile, save_attention, offload,
                                                    precision == "fp8")
                 log(f"numerics {precision}: {run['numerics']}")
