@@ -290,3 +290,17 @@ def test_image_without_size_keeps_its_aspect_at_the_default_area(tmp_path):
     sized = resolve_request(PromptSpec("x", image=str(tmp_path / "portrait.png"), width=480, height=480), variant)
     assert (sized.width, sized.height) == (480, 480)
     assert resolve_request(PromptSpec("x"), variant).width == 832
+
+
+def test_a14b_from_two_files_comfyui_high_and_official_low(tmp_path):
+    from wantune.sample.output import read_settings
+
+    args = base_args(tmp_path / "pair.mp4", "--prompt", "a ship", "--seed", "9", "--steps", "4",
+                     "--model-low", str(FIXTURES / "wan22_t2v_tiny.safetensors"))
+    args[args.index("--model") + 1] = str(FIXTURES / "wan22_t2v_tiny.comfyui_fp16.safetensors")
+    args[args.index("--variant") + 1] = "wan2.2-t2v-a14b"
+    assert main(args) == 0
+    meta = read_settings(tmp_path / "pair.mp4")
+    assert (meta["variant"], meta["boundary"], meta["guidance"], meta["guidance_low"], meta["shift"]) == \
+        ("wan2.2-t2v-a14b", 0.875, 4.0, 3.0, 12.0)
+    assert meta["model_low"] == "wan22_t2v_tiny.safetensors"
