@@ -156,7 +156,7 @@ def diffusers_vae_config(sd: dict) -> dict:
     levels = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("decoder.up_blocks."))
     n_res = _count(sd, r"decoder\.up_blocks\.0\.resnets\.(\d+)\.") - 1
     dim_mult = [_level_dim(sd, i, nested, n_res) // base_dim for i in range(levels)]
-    temporal = [_has(sd, i, nested, n_res) for i in range(levels - 1)]
+    temporal = [_halves_time(sd, i, nested, n_res) for i in range(levels - 1)]
     patch = 2 if conv_in[1] == 12 else None
     return {
         "base_dim": base_dim, "decoder_base_dim": dec_out[1] // dim_mult[0], "z_dim": z_dim,
@@ -178,7 +178,7 @@ def _level_dim(sd: dict, level: int, nested: bool, n_res: int) -> int:
     return sd[f"encoder.down_blocks.{level * (n_res + 1)}.conv2.weight"].shape[0]
 
 
-def _has(sd: dict, level: int, nested: bool, n_res: int) -> bool:
+def _halves_time(sd: dict, level: int, nested: bool, n_res: int) -> bool:
     """Whether encoder level `level`'s downsampler also halves time (has a `time_conv`)."""
     if nested:
         return f"encoder.down_blocks.{level}.downsampler.time_conv.weight" in sd
