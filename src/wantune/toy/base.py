@@ -16,23 +16,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wantune.toy.spec import NAMED_COLORS, POLYGON_WORDS, builtin_concepts, load_concept
+from wantune.toy.spec import NAMED_COLORS, POLYGON_WORDS, load_concept
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
 """The shipped toy tokenizer (reproduced by `train_tokenizer`)."""
 
-TOY_TRANSFORMER = dict(dim=128, ffn_dim=384, num_heads=4, num_layers=4, text_dim=64, frames=17, fps=16,
-                       height=64, width=64, steps=30, shift=3.0, guidance=4.0)
-"""Overrides of wan2.1-t2v-1.3b that make the toy transformer (head_dim 32 like the tiny fixtures)."""
-TOY_TEXT_ENCODER = dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2,
+TOY_TRANSFORMER = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=32, frames=17,
+                       fps=16, height=64, width=64, steps=30, shift=3.0, guidance=4.0)
+"""Overrides of wan2.1-t2v-1.3b that make the toy transformer: the sizes of `wantune train`'s `model.tiny`
+(the fixtures' tiny config with a 32-token text length), so `[model] tiny = true` plus a toy checkpoint trains
+it, and the toy world's inference defaults (64x64, 17 frames at 16 fps)."""
+TOY_TEXT_ENCODER = dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
                         relative_attention_num_buckets=32)
-"""UMT5 sizes of the toy text encoder (its width is the transformer's text_dim)."""
+"""UMT5 sizes of the toy text encoder (the fixtures' tiny UMT5; its width is the transformer's text_dim)."""
 TOY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                temperal_downsample=[False, True, True], dropout=0.0)
 """AutoencoderKLWan sizes of the toy VAE (the fixtures' wan21_vae_tiny config)."""
 TOKENIZER_CONFIG = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>", "unk_token": "<unk>",
                     "pad_token": "<pad>", "model_max_length": 512}
 VOCAB_SIZE = 320
+TOKENIZER_CONCEPTS = ("base", "character", "motion", "style", "wide")
+"""The built-in concepts whose captions train the tokenizer."""
 
 
 def toy_variant():
@@ -48,7 +52,7 @@ def caption_corpus(per_concept: int = 400, seed: int = 0) -> list[str]:
     from wantune.toy.world import sample_instance
 
     lines = []
-    for name in builtin_concepts():
+    for name in TOKENIZER_CONCEPTS:
         spec = load_concept(name)
         lines += [sample_instance(spec, seed, i).caption for i in range(per_concept)]
     words = [*NAMED_COLORS, *POLYGON_WORDS.values(), "circle", "square", "triangle", "diamond", "cross", "star",
