@@ -166,3 +166,30 @@ def test_missing_cache_is_one_line(tmp_path, capsys):
         _entries(cfg)
     code = main(["cache", str(tmp_path / "nope.toml"), "--vae", str(VAE)])
     assert code == 2 and "config file not found" in capsys.readouterr().err
+
+
+def test_ranks_cache_disjoint_shares_that_cover_everything(tmp_path, capsys, monkeypatch):
+    cfg = _dataset(tmp_path)
+    got = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        got.append(_counts(_cache(cfg, capsys)))
+    assert got[0][0] + got[1][0] == 3 and got[0][0] > 0 and got[1][0] > 0
+    assert got[0][2] + got[1][2] == 3
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert _counts(_cache(cfg, capsys)) == (0, 3, 0, 3)
+
+
+def test_training_config_caches_dop_class_prompts(tmp_path, capsys):
+    from wantune.cache.keys import text_key
+
+    _dataset(tmp_path)
+    (tmp_path / "clips" / "a.txt").write_text("frung, a red circle")
+    train = tmp_path / "train.toml"
+    train.write_text('[model]\nvariant = "wan2.1-t2v-1.3b"\n\n[data]\ndataset_config = "data.toml"\n\n'
+                     '[regularisation.dop]\nenabled = true\ntrigger = "frung"\nclass_word = "shape"\n')
+    assert _counts(_cache(train, capsys))[2] == 4  # three captions and one class prompt
+    info = CacheStore(tmp_path / "cache").read_info()
+    assert CacheStore(tmp_path / "cache").has("text", text_key("shape, a red circle", info["text_encoder"]))

@@ -27,6 +27,8 @@ class CacheJob:
     variant: str | None
     device: str
     dtype: str
+    dop: tuple[str, str] | None = None
+    """(trigger, class word) when the training config turns DOP on: its class prompts are cached too."""
 
     @classmethod
     def from_args(cls, args) -> CacheJob:
@@ -51,9 +53,11 @@ class CacheJob:
         if vae is None:
             raise UserError(f"{path}: no VAE given; pass --vae PATH or set [model] vae")
         device = args.device or _default_device()
+        dop = data.get("regularisation", {}).get("dop", {})
         return cls(dataset, pick(args.cache_dir, "cache_dir", section) or base / "cache", vae,
                    pick(args.text_encoder, "text_encoder"), pick(args.tokenizer, "tokenizer"), pick(args.clip, "clip"),
-                   args.variant or model.get("variant"), device, args.dtype)
+                   args.variant or model.get("variant"), device, args.dtype,
+                   (dop.get("trigger", ""), dop.get("class_word", "")) if dop.get("enabled") else None)
 
 
 def _default_device() -> str:
@@ -90,7 +94,7 @@ def run_cache(job: CacheJob, progress: bool = True) -> CacheReport:
     info = {"variant": variant.name, "model_type": variant.model_type, "vae": vae.identity,
             "clip": getattr(clip, "identity", "") if variant.has_image_embedding else ""}
     del vae, clip
-    texts = captions_to_cache(samples)
+    texts = captions_to_cache(samples, _dop_prompts(samples, job.dop))
     if job.text_encoder is None or job.tokenizer is None:
         raise UserError(f"{job.dataset_config}: no text encoder given; pass --text-encoder PATH and "
                         f"--tokenizer DIR (or set them in [model])")
@@ -117,3 +121,10 @@ def _load_image_encoders(job: CacheJob, variant, dtype):
 
         clip = load_clip(job.clip, dtype=dtype, device=job.device)
     return vae, clip
+
+
+def _dop_prompts(samples, dop: tuple[str, str] | None) -> list[str]:
+    """DOP preservation prompts: each caption with the trigger replaced by the class word."""
+    if dop is None or not dop[0]:
+        return []
+    return [s.caption.replace(dop[0], dop[1]) for s in samples]
