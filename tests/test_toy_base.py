@@ -72,3 +72,20 @@ def test_toy_sizes_stay_small(base_dir):
     from wantune.train.experts import TINY_TRAIN  # what `wantune train` builds for [model] tiny = true
 
     assert all(getattr(variant, k) == v for k, v in TINY_TRAIN.items())
+
+
+def test_pretrain_recipe_runs_wantune_cache_and_train(tmp_path):
+    """The toy pre-training recipe end to end at smoke size: render, cache, full fine-tuning, base updated."""
+    import json
+
+    from wantune.models.checkpoint import load_transformer
+    from wantune.toy.pretrain import pretrain
+
+    base = pretrain(tmp_path, clips=4, seed=1, device="cpu",
+                    overrides=["training.steps=2", "training.batch_size=2", "logging.progress_bar=false",
+                               "logging.tensorboard=false"])
+    model = load_transformer(base / "transformer.safetensors", variant=toy_variant(), dtype=torch.float32)
+    assert model.head.head.weight.abs().sum() > 0  # the shell's head is zero; training moved it
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "toy_base" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in rows)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) >= 4
