@@ -15,22 +15,10 @@ from wantune.toy.perturb import ATTRIBUTES, degrade, instance_spec, off_by_one
 from wantune.toy.spec import load_concept
 from wantune.toy.world import render_background, render_clip, write_dataset
 
-WIDE = {
-    "name": "wide",
-    "shape": ["circle", "square", "diamond", "triangle", "cross", "star:5", "star:6", "ellipse:2", "rect:2"],
-    "color": ["#dc2828", "#28aa3c", "#2850dc", "#f0d228", "#f58c1e", "#8c3cbe"],
-    "motion": ["still", "linear:1.5,0", "linear:0,-1.5", "linear:1.2,1.2", "orbit:14,1", "orbit:14,-1",
-               "zoom:1.04", "zoom:0.96"],
-    "background": ["solid:#f5f5f5", "solid:#141414", "stripes:#f5f5f5,#141414,4",
-                   "stripes:#f5f5f5,#141414,5,90", "checker:#f5f5f5,#141414,6", "gradient:#141414,#f5f5f5"],
-    "size": [8.0, 13.0],
-}
-
-
 def test_right_on_generated_clips_with_and_without_damage():
     """40 clips (wide world + the built-ins), half blurred and noisy: own spec passes, a spec one attribute
     off fails, in at least 98% of the 80 judgements."""
-    worlds = [load_concept(WIDE)] * 4 + [load_concept(n) for n in ("base", "character", "style", "motion")]
+    worlds = [load_concept("wide")] * 4 + [load_concept(n) for n in ("base", "character", "style", "motion")]
     rng = np.random.default_rng(5)
     wrong = []
     for i in range(40):
