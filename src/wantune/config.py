@@ -26,17 +26,21 @@ def load(cls: type[T], source: str | Path | dict, overrides: list[str] | None = 
     if isinstance(source, dict):
         data, where = source, "config"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise UserError(f"{path}: config file not found")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not valid TOML ({exc}); fix the file") from None
-        where = str(path)
+        data, where = read_toml(source), str(Path(source))
     for item in overrides or []:
         _apply_override(data, item)
     return _build(cls, data, prefix="", where=where)
+
+
+def read_toml(path: str | Path) -> dict:
+    """The parsed TOML file at `path`; a missing or malformed file is a one-line `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML ({exc}); fix the file") from None
 
 
 def _apply_override(data: dict, item: str) -> None:

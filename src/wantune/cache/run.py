@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from wantune.cache.encode import CacheReport, cache_latents, cache_texts, captions_to_cache
 from wantune.cache.store import CacheStore
+from wantune.config import read_toml
 from wantune.errors import UserError
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -33,12 +33,7 @@ class CacheJob:
     @classmethod
     def from_args(cls, args) -> CacheJob:
         path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"{path}: config file not found")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not valid TOML ({exc}); fix the file") from None
+        data = read_toml(path)
         model, section = data.get("model", {}), data.get("data", {})
         base = path.parent
 

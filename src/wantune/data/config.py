@@ -16,7 +16,6 @@ Relative paths are relative to the TOML file's folder (`load_dataset_config` res
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -163,12 +162,7 @@ def load_dataset_config(path: str | Path, overrides: list[str] | None = None,
     """Read the dataset part of a TOML file: a dataset file, a run config holding `[[datasets]]`, or a run
     config whose `[data] dataset_config` names one (its `[model] variant` then wins); resolve relative paths."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML ({exc}); fix the file") from None
+    data = typed_config.read_toml(path)
     model = data.get("model")
     run_variant = model.get("variant") if isinstance(model, dict) else None
     if "datasets" not in data:
