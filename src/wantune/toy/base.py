@@ -22,7 +22,7 @@ TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
 """The shipped toy tokenizer (reproduced by `train_tokenizer`)."""
 
 TOY_TRANSFORMER = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=32, frames=17,
-                       fps=16, height=64, width=64, steps=30, shift=3.0, guidance=4.0)
+                       fps=16, height=64, width=64, steps=30, shift=3.0, guidance=1.0)
 """Overrides of wan2.1-t2v-1.3b that make the toy transformer: the sizes of `wantune train`'s `model.tiny`
 (the fixtures' tiny config with a 32-token text length), so `[model] tiny = true` plus a toy checkpoint trains
 it, and the toy world's inference defaults (64x64, 17 frames at 16 fps)."""

@@ -1,0 +1,80 @@
+"""Prompt adherence of a toy model: generate a concept's captions with wantune generate, judge each clip.
+
+    python -m wantune.toy.evaluate --base toy_base --concept base --clips 32 [--lora FILE[:STRENGTH]] [--json]
+
+Prompt i is the caption of clip i of the concept under `--seed`; the clip generated from it is judged against
+that clip's own attributes (its shape, colour, motion and background), so adherence is the fraction of
+generated clips that show what their prompt says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from wantune.toy.base import TOY_TRANSFORMER
+
+
+def model_spec(base: Path, loras: list[tuple[str, float]] = ()):
+    """The wantune generate ModelSpec of a toy base folder (plus LoRAs)."""
+    from wantune.sample.pipeline import ModelSpec
+
+    return ModelSpec(model=str(base / "transformer.safetensors"), vae=str(base / "vae.safetensors"),
+                     text_encoder=str(base / "text_encoder.safetensors"), tokenizer=str(base / "tokenizer"),
+                     variant="wan2.1-t2v-1.3b", variant_overrides=dict(TOY_TRANSFORMER), loras=list(loras))
+
+
+def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: Path | None = None,
+              loras: list[tuple[str, float]] = (), guidance: float | None = None, steps: int | None = None,
+              device: str | None = None) -> dict:
+    """Generate `clips` prompts of `concept` with the toy model and judge them; returns the summary."""
+    import tempfile
+
+    from wantune.sample.pipeline import RunSettings, generate
+    from wantune.sample.prompts import PromptSpec
+    from wantune.toy.judge import judge_video
+    from wantune.toy.perturb import instance_spec
+    from wantune.toy.spec import load_concept
+    from wantune.toy.world import sample_instance
+
+    spec = load_concept(concept)
+    instances = [sample_instance(spec, seed, i) for i in range(clips)]
+    requests = [PromptSpec(inst.caption, width=spec.width, height=spec.height, frames=spec.frames, seed=seed + i,
+                           guidance=guidance, steps=steps, negative_prompt="") for i, inst in enumerate(instances)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out) if out else Path(tmp)
+        paths = generate(model_spec(Path(base), loras), requests, folder / "clip.mp4",
+                         RunSettings(device=device, progress=False))
+        verdicts = [judge_video(p, instance_spec(spec, dataclasses.asdict(inst))) for p, inst in zip(paths, instances)]
+    per_attr = {a: round(sum(v.passed[a] for v in verdicts) / len(verdicts), 4)
+                for a in ("shape", "color", "motion", "background")}
+    return {"concept": spec.name, "clips": clips, "adherence": round(sum(v.adherence for v in verdicts) / clips, 4),
+            "passed": per_attr, "prompts": [i.caption for i in instances[:4]]}
+
+
+def _lora(item: str) -> tuple[str, float]:
+    path, _, strength = item.partition(":")
+    return path, float(strength) if strength else 1.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True, help="toy base model folder")
+    parser.add_argument("--concept", default="base", help="concept spec or built-in name")
+    parser.add_argument("--clips", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]")
+    parser.add_argument("--guidance", type=float)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--out", type=Path, help="keep the generated clips here")
+    args = parser.parse_args(argv)
+    result = adherence(args.base, args.concept, args.clips, args.seed, args.out, [_lora(x) for x in args.lora],
+                       args.guidance, args.steps, args.device)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
