@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from wantune.errors import UserError
-from wantune.models.formats import load_torch_file
+from wantune.models.formats import component_location, file_identity, read_component_weights
 
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -174,24 +174,7 @@ class ClipVision:
 
 def read_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """HF-named CLIP vision weights from an official/open_clip .pth, or HF/ComfyUI safetensors/folder."""
-    if not path.exists():
-        raise UserError(f"{path}: no such CLIP file or folder")
-    files = [path]
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth")) or sorted(path.glob("*.bin"))
-        if not files:
-            raise UserError(f"{path}: folder holds no CLIP weights (*.safetensors / *.pth)")
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            try:
-                sd.update(load_file(str(f)))
-            except Exception as e:  # safetensors raises its own error types
-                raise UserError(f"{f}: not a readable safetensors file ({e})") from None
-        else:
-            sd.update(load_torch_file(f))
+    sd = read_component_weights(path, "CLIP")
     if "visual.patch_embedding.weight" in sd or "visual.conv1.weight" in sd:
         return official_to_hf(sd, str(path))
     return normalise_hf(sd, str(path))
@@ -200,8 +183,6 @@ def read_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_clip(path, dtype: torch.dtype = torch.float16, device="cpu", num_heads: int | None = None) -> ClipVision:
     """Load the CLIP vision tower (official Wan .pth, open_clip, HF/ComfyUI) with config from its shapes."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    from wantune.models.text_encoder import component_location, file_identity
 
     path = component_location(Path(path), "image_encoder", (CLIP_FILE,))
     sd = read_clip_state_dict(path)

@@ -8,6 +8,7 @@ lora) and the naming scheme (official, diffusers, hf) of a key set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
@@ -83,6 +84,55 @@ def load_torch_file(file: Path) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict):
         raise UserError(f"{file}: holds a {type(data).__name__}, not a state dict of tensors")
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def read_weight_file(file: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of one .safetensors / .pth / .pt / .bin file."""
+    if file.suffix != ".safetensors":
+        return load_torch_file(file)
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types
+        raise UserError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+def read_component_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """All tensors of a component's weight file, or of every weight file in its folder (one format: safetensors,
+    else .pth, else .bin); `what` names the component in errors ("VAE", "CLIP", "text encoder")."""
+    if not path.exists():
+        raise UserError(f"{path}: no such {what} file or folder")
+    files = [path]
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth")) or sorted(path.glob("*.bin"))
+        if not files:
+            raise UserError(f"{path}: folder holds no {what} weights (*.safetensors / *.pth / *.bin)")
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(read_weight_file(f))
+    return sd
+
+
+def component_location(path: Path, subfolder: str, official_names: tuple[str, ...]) -> Path:
+    """The file/folder holding one component: a diffusers pipeline's `subfolder`, an official Wan folder's
+    file (e.g. `Wan2.1_VAE.pth`), or `path` itself."""
+    if not path.is_dir():
+        return path
+    if (path / subfolder).is_dir():
+        return path / subfolder
+    return next((path / n for n in official_names if (path / n).is_file()), path)
+
+
+def file_identity(path: Path) -> str:
+    """name:size:hash of the first MiB of each file (a folder: all its files), for cache keys."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest, size = hashlib.sha256(), 0
+    for f in files:
+        size += f.stat().st_size
+        with open(f, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+    return f"{path.name}:{size}:{digest.hexdigest()[:16]}"
 
 
 def common_prefix(keys) -> str:

@@ -9,7 +9,6 @@ Shapes: B batch, L tokens (text_len when padded, L_i the true length of prompt i
 
 from __future__ import annotations
 
-import hashlib
 import html
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from wantune.errors import UserError
 from wantune.models import umt5_convert
-from wantune.models.formats import load_torch_file
+from wantune.models.formats import component_location, file_identity, read_component_weights
 
 TEXT_LEN = 512
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -116,24 +115,7 @@ def load_tokenizer(tokenizer_dir):
 
 def read_text_encoder_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """HF-named UMT5 encoder weights from an official .pth, HF/ComfyUI safetensors or an HF folder."""
-    if not path.exists():
-        raise UserError(f"{path}: no such text encoder file or folder")
-    files = [path]
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth")) or sorted(path.glob("*.bin"))
-        if not files:
-            raise UserError(f"{path}: folder holds no text encoder weights (*.safetensors / *.pth)")
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            try:
-                sd.update(load_file(str(f)))
-            except Exception as e:  # safetensors raises its own error types
-                raise UserError(f"{f}: not a readable safetensors file ({e})") from None
-        else:
-            sd.update(load_torch_file(f))
+    sd = read_component_weights(path, "text encoder")
     if umt5_convert.is_official_t5(sd):
         return umt5_convert.official_to_hf(sd, str(path))
     return umt5_convert.normalise_hf(sd, str(path))
@@ -163,24 +145,3 @@ def load_text_encoder(path, tokenizer_dir, dtype: torch.dtype = torch.bfloat16, 
     model.to(device)
     identity = f"{file_identity(path)}:{file_identity(Path(tokenizer_dir))}:{str(dtype).removeprefix('torch.')}"
     return TextEncoder(model, tokenizer, identity)
-
-
-def file_identity(path: Path) -> str:
-    """name:size:hash of the first MiB of each file (a folder: all its files), for cache keys."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest, size = hashlib.sha256(), 0
-    for f in files:
-        size += f.stat().st_size
-        with open(f, "rb") as fh:
-            digest.update(fh.read(1 << 20))
-    return f"{path.name}:{size}:{digest.hexdigest()[:16]}"
-
-
-def component_location(path: Path, subfolder: str, official_names: tuple[str, ...]) -> Path:
-    """The file/folder holding one component: a diffusers pipeline's `subfolder`, an official Wan folder's
-    file (e.g. `Wan2.1_VAE.pth`), or `path` itself."""
-    if not path.is_dir():
-        return path
-    if (path / subfolder).is_dir():
-        return path / subfolder
-    return next((path / n for n in official_names if (path / n).is_file()), path)

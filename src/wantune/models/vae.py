@@ -18,7 +18,7 @@ import torch
 
 from wantune.errors import UserError
 from wantune.models import vae_convert
-from wantune.models.formats import load_torch_file
+from wantune.models.formats import component_location, file_identity, read_component_weights
 
 # Official per-channel latent statistics (Wan-Video wan/modules/vae2_1.py and vae2_2.py).
 WAN21_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -181,8 +181,6 @@ def load_vae(path, version: str | None = None, dtype: torch.dtype = torch.float3
     """Load a Wan VAE from an official .pth, official/ComfyUI safetensors or diffusers folder/file."""
     from diffusers import AutoencoderKLWan
 
-    from wantune.models.text_encoder import component_location
-
     path = component_location(Path(path), "vae", VAE_FILES)
     if version not in (None, "2.1", "2.2"):
         raise UserError(f"VAE version {version!r}: expected '2.1' or '2.2'")
@@ -209,33 +207,11 @@ def load_vae(path, version: str | None = None, dtype: torch.dtype = torch.float3
 
 def read_vae_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """State dict of a VAE file or diffusers folder, in diffusers' `AutoencoderKLWan` names."""
-    if not path.exists():
-        raise UserError(f"{path}: no such VAE file or folder")
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(path.glob("*.pth"))
-        if not files:
-            raise UserError(f"{path}: folder holds no VAE weights (*.safetensors); expected a diffusers VAE folder")
-        sd = {}
-        for f in files:
-            sd.update(_read_file(f))
-    else:
-        sd = _read_file(path)
+    sd = read_component_weights(path, "VAE")
     sd = _strip_prefix(sd, path)
     if vae_convert.is_official_vae(sd):
         return vae_convert.official_to_diffusers(sd)
     return sd
-
-
-def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    """Raw tensors of one .safetensors / .pth / .bin file."""
-    if path.suffix != ".safetensors":
-        return load_torch_file(path)
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types
-        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def _strip_prefix(sd: dict, path: Path) -> dict:
@@ -251,6 +227,4 @@ def _strip_prefix(sd: dict, path: Path) -> dict:
 
 def vae_identity(path: Path, dtype: torch.dtype) -> str:
     """Stable id of a VAE file/folder + dtype for cache keys: name, size and a hash of the first MiB."""
-    from wantune.models.text_encoder import file_identity
-
     return f"{file_identity(path)}:{str(dtype).removeprefix('torch.')}"
