@@ -1,1 +1,2 @@
-"""PyTorch distributed: process groups, DDP/FSDP2 wrapping, rank sharding."""
+"""PyTorch distributed: process groups (`env`), DDP/FSDP2 wrapping (`parallel`), sharded checkpoints
+(`checkpoint`). A run launched with torchrun trains on every rank; one plain process is the world of one."""

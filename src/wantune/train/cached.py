@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+from wantune.dist import env as dist
 from wantune.errors import UserError
 from wantune.models.variants import WanVariant
 
@@ -28,8 +29,11 @@ class DopContexts:
         return batch
 
 
-def build_cached(cfg, variant: WanVariant):
-    """(train loader, validation sample dicts, number of training samples) from the dataset's cache."""
+def build_cached(cfg, variant: WanVariant, rank: int = 0, world: int = 1):
+    """(train loader, validation sample dicts, number of training samples) from the dataset's cache.
+
+    The loader gives rank `rank` of `world` its own share of the batches (`CachedLoader` shards them).
+    """
     from wantune.cache.keys import text_key
     from wantune.cache.loader import CachedLoader, cached_entries, load_entry
     from wantune.cache.store import CacheStore
@@ -52,15 +56,16 @@ def build_cached(cfg, variant: WanVariant):
     held = _held_out(len(entries), cfg.validation.split, cfg.training.seed)
     train = [e for i, e in enumerate(entries) if i not in held]
     validation = [load_entry(store, e) for i, e in enumerate(entries) if i in held]
-    loader = CachedLoader(store, train, cfg.training.batch_size, cfg.data.shuffle, cfg.training.seed)
+    loader = CachedLoader(store, train, cfg.training.batch_size, cfg.data.shuffle, cfg.training.seed, rank, world)
     if cfg.regularisation.dop.enabled:
         dop = cfg.regularisation.dop
         keys = {s.sample_id: text_key(replace_trigger(s.caption, dop.trigger, dop.class_word), info["text_encoder"])
                 for s in samples}
         prompts = {replace_trigger(s.caption, dop.trigger, dop.class_word) for s in samples
                    if not store.has("text", keys[s.sample_id])}
-        if prompts:
+        if prompts and dist.is_main():
             _cache_prompts(cfg, store, info, sorted(prompts))
+        dist.barrier()  # the other ranks read what rank 0 cached
         loader = DopContexts(loader, store, keys)
         for sample in validation:
             sample["context_dop_LD"] = store.load("text", keys[sample["sample_id"]])["context"]

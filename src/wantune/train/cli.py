@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers) -> None:
@@ -29,6 +30,7 @@ def _train(args: argparse.Namespace) -> int:
     from wantune.train.recipe import main
 
     files = main(cfg, resume=args.resume)
-    for path in files:
-        print(path)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks
+        for path in files:
+            print(path)
     return 0

@@ -299,6 +299,21 @@ class LoggingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Several GPUs or machines (`torchrun`; see docs/distributed.md). Ignored in a single process."""
+
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """auto = ddp for LoRA, fsdp for full fine-tuning; ddp replicates the model, fsdp shards it (full only)."""
+    reshard_after_forward: bool = True
+    """fsdp: free each block's gathered weights after its forward (less memory, one more all-gather)."""
+    timeout_minutes: float = 30.0
+    """How long a rank waits for the others (e.g. while rank 0 writes a checkpoint) before failing."""
+
+    def validate(self) -> None:
+        require(self.timeout_minutes > 0, "distributed.timeout_minutes: must be positive")
+
+
+@dataclass
 class TrainingConfig:
     """Run length, batch and numerics."""
 
@@ -347,6 +362,7 @@ class TrainConfig:
     saving: SavingConfig = field(default_factory=SavingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(steps=100))
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     preset: str | None = None
     """The preset laid under this config (character, style, motion, domain), for the record."""
 
@@ -358,6 +374,9 @@ class TrainConfig:
         except UserError as exc:
             raise UserError(f"model.variant: {exc}") from None
         self.data.validate()
+        if self.distributed.strategy == "fsdp" and self.network.type == "lora":
+            raise UserError("distributed.strategy = fsdp: supported for network.type = full only; "
+                            "use ddp (or auto) for LoRA")
         if not self.model.tiny:
             require(self.model.checkpoint or (self.model.checkpoint_high and self.model.checkpoint_low),
                     "model.checkpoint: set the transformer weights (or model.tiny = true for a demo)")

@@ -88,10 +88,11 @@ def plan_offload(cfg: TrainConfig, models: dict[str, nn.Module], device: torch.d
 
 
 def build_unit(name: str, model: nn.Module, cfg: TrainConfig, variant: WanVariant, total_steps: int,
-               device: torch.device, on_device: bool = True) -> TrainUnit:
-    """Wrap one model for training: LoRA or full, checkpointing, optimiser, schedule, EMA.
+               device: torch.device, on_device: bool = True, strategy: str = "none") -> TrainUnit:
+    """Wrap one model for training: LoRA or full, checkpointing, data parallel, optimiser, schedule, EMA.
 
     `on_device=False` leaves it on the CPU (an offloaded expert; `ExpertSchedule` moves it when active).
+    `strategy` (`wantune.dist.parallel`): "ddp" wraps the model for the forward, "fsdp" shards it in place.
     """
     net_cfg = cfg.network
     network = None
@@ -110,13 +111,28 @@ def build_unit(name: str, model: nn.Module, cfg: TrainConfig, variant: WanVarian
         from wantune.perf.checkpointing import apply_gradient_checkpointing
 
         apply_gradient_checkpointing(model)
-    if on_device:
+    runner = None
+    if strategy == "fsdp":
+        from wantune.dist.parallel import shard_fsdp
+
+        shard_fsdp(model, device, cfg.distributed.reshard_after_forward)
+        named = list(model.named_parameters())  # now this rank's shards
+    elif on_device:
         model.to(device)
+    if strategy == "ddp":
+        from wantune.dist.parallel import wrap_ddp
+
+        if not on_device:  # DDP sets up its gradient buckets where the weights will train
+            model.to(device)
+        runner = wrap_ddp(model, device)
+        if not on_device:
+            model.to("cpu")
     groups = param_groups(named, cfg.optimizer.lr, net_cfg.loraplus_lr_ratio if network else 1.0)
     optimizer = build_optimizer(groups, cfg.optimizer, device)
     scheduler = build_scheduler(optimizer, cfg.schedule, total_steps)
     ema = EMA(named, cfg.regularisation.ema_decay) if cfg.regularisation.ema_decay > 0 else None
-    return TrainUnit(name, model, network, named, optimizer, scheduler, expert_range(name, cfg, variant), ema)
+    return TrainUnit(name, model, network, named, optimizer, scheduler, expert_range(name, cfg, variant), ema,
+                     runner)
 
 
 class ExpertSchedule:

@@ -51,6 +51,19 @@ class MetricsLog:
             self.writer.close()
 
 
+class NullLog:
+    """The log of ranks other than 0: they train, rank 0 writes."""
+
+    def log(self, step: int, values: dict) -> None:
+        pass
+
+    def message(self, text: str, bar=None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)

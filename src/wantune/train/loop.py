@@ -4,6 +4,10 @@ A `TrainUnit` is one trained thing (the model, or one A14B expert) with its own 
 optimiser, scheduler and EMA; `train_step` takes one unit and `grad_accumulation` micro-batches.
 Non-finite losses and spikes (loss > spike_factor × recent median) skip the step and say why.
 
+Data parallel (torchrun): each rank takes its slice of the global batch's σ and noise, so N ranks with
+batch b train exactly as one process with batch N·b; the loss that decides skips and is logged is the mean
+over ranks, so every rank makes the same decision.
+
 Legend: B batch, C channels, F/H/W latent frames/height/width, L text tokens, D text dim.
 """
 
@@ -19,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from wantune.dist.env import all_reduce_mean
+from wantune.dist.parallel import full_value, grad_sync
 from wantune.train.config import TrainConfig
 from wantune.train.objective import (SigmaRange, differential_target, forward_model, make_inputs, masked_mse_B,
                                      sample_sigmas, stack_context)
@@ -40,6 +46,12 @@ class TrainUnit:
     sigma_range: SigmaRange | None
     """σ this unit trains on (None: no timestep of the run falls in its range; it is never stepped)."""
     ema: EMA | None = None
+    runner: nn.Module | None = None
+    """What the training forward goes through: the DDP wrapper when data parallel (None: the model)."""
+
+    @property
+    def forward_module(self) -> nn.Module:
+        return self.runner if self.runner is not None else self.model
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in self.named_params}
@@ -60,6 +72,10 @@ class StepContext:
     """Draws σ and noise on the CPU (device independent, saved for exact resume)."""
     scaler: torch.amp.GradScaler | None = None
     recent: deque = field(default_factory=lambda: deque(maxlen=50))
+    rank: int = 0
+    """This process's rank: which slice of the global batch's σ and noise it takes."""
+    world: int = 1
+    """Number of data-parallel ranks."""
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -96,14 +112,15 @@ def batch_loss(unit: TrainUnit, batch: dict, ctx: StepContext) -> tuple[torch.Te
     """Weighted flow-matching loss of one micro-batch (plus DOP), σ and noise from the context's generator."""
     cfg, variant = ctx.cfg, unit.model.variant
     latents_BCFHW = batch["latents_BCFHW"]
-    sigma_B = sample_sigmas(latents_BCFHW.shape[0], cfg.timesteps, ctx.generator, unit.sigma_range)
-    noise_BCFHW = torch.randn(latents_BCFHW.shape, generator=ctx.generator)
+    B = latents_BCFHW.shape[0]
+    sigma_B = sample_sigmas(B * ctx.world, cfg.timesteps, ctx.generator, unit.sigma_range)[ctx.rank * B:][:B]
+    noise_BCFHW = torch.randn((ctx.world, *latents_BCFHW.shape), generator=ctx.generator)[ctx.rank]
     batch = to_device(batch, ctx.device)
     inputs = make_inputs(batch["latents_BCFHW"], noise_BCFHW.to(ctx.device), sigma_B.to(ctx.device),
                          clean_first_frame=variant.model_type == "ti2v", patch=variant.patch_size)
     context_BLD = stack_context(batch["context"])
     with ctx.autocast():
-        pred_BCFHW = forward_model(unit.model, batch, inputs, context_BLD)
+        pred_BCFHW = forward_model(unit.forward_module, batch, inputs, context_BLD)
     target_BCFHW = inputs.target_BCFHW
     if cfg.regularisation.differential_guidance_scale > 1.0:
         target_BCFHW = differential_target(pred_BCFHW, target_BCFHW, cfg.regularisation.differential_guidance_scale)
@@ -123,15 +140,16 @@ def train_step(unit: TrainUnit, micro_batches: list[dict], ctx: StepContext) -> 
     unit.optimizer.zero_grad(set_to_none=True)
     unit.model.train()
     total, parts, skipped = 0.0, {}, None
-    for batch in micro_batches:
-        loss, parts = batch_loss(unit, batch, ctx)
-        value = loss.item()
-        total += value / len(micro_batches)
-        if not math.isfinite(value):
-            skipped = f"loss is {value} (sample {', '.join(batch['sample_id'])})"
-            break
-        scaled = loss / len(micro_batches)
-        (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
+    for i, batch in enumerate(micro_batches):
+        with grad_sync(unit.forward_module, sync=i == len(micro_batches) - 1):
+            loss, parts = batch_loss(unit, batch, ctx)
+            value = all_reduce_mean(loss.item())
+            total += value / len(micro_batches)
+            if not math.isfinite(value):
+                skipped = f"loss is {value} (sample {', '.join(batch['sample_id'])})"
+                break
+            scaled = loss / len(micro_batches)
+            (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
     if skipped is None and _is_spike(total, ctx, tcfg.spike_factor):
         skipped = f"loss spike {total:.4g} > {tcfg.spike_factor:g}x recent median {statistics.median(ctx.recent):.4g}"
     grad_norm = None
@@ -159,7 +177,7 @@ def _clip_and_step(unit: TrainUnit, ctx: StepContext) -> tuple[float | None, str
     if ctx.scaler:
         ctx.scaler.unscale_(unit.optimizer)
     clip = ctx.cfg.training.grad_clip
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")).item()
+    norm = full_value(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
     if not math.isfinite(norm):
         if ctx.scaler:
             ctx.scaler.update()  # lowers the scale; expected now and then with fp16

@@ -2,6 +2,9 @@
 
 What happens in one step is `wantune.train.loop.train_step`; what happens between steps (metrics,
 diagnostics, validation, previews, checkpoints) is `after_step` below.
+
+Launched with torchrun, every rank runs this same recipe on its share of the data (docs/distributed.md);
+rank 0 alone writes the run folder's files, logs and previews.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import numpy as np
 import torch
 
 from wantune import config as typed
+from wantune.dist import env as dist
+from wantune.dist.parallel import is_sharded, resolve_strategy
 from wantune.train.config import TrainConfig, save_resolved
 from wantune.train.diagnostics import Diagnostics, lora_update_norm
 from wantune.train.experts import ExpertSchedule, build_models, build_unit, plan_offload, run_variant
-from wantune.train.logging import MetricsLog, progress_bar
+from wantune.train.logging import MetricsLog, NullLog, progress_bar
 from wantune.train.loop import StepContext, StepResult, TrainUnit, train_step
 from wantune.train.sources import RunData, build_data
 from wantune.train.state import (checkpoint_dir, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint,
@@ -30,23 +35,26 @@ from wantune.train.validation import timestep_owners, validation_loss
 def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
     """Train as configured (optionally resuming `latest` or a checkpoint folder); returns the final files."""
     cfg.check_files()
+    env = dist.setup(cfg.training.device, cfg.distributed.timeout_minutes)
     seed_everything(cfg.training.seed)
-    device = pick_device(cfg.training.device)
+    device = env.device
     variant = run_variant(cfg)
-    data = build_data(cfg, variant)
+    data = build_data(cfg, variant, env.rank, env.world)
     total = total_steps(cfg, data)
+    strategy = resolve_strategy(cfg.distributed.strategy, cfg.network.type, env.world)
     models = build_models(cfg, variant)
-    offload = plan_offload(cfg, models, device)
-    units = [build_unit(name, model, cfg, variant, total, device, on_device=not offload)
+    offload = plan_offload(cfg, models, device) and strategy != "fsdp"  # sharded experts both fit
+    units = [build_unit(name, model, cfg, variant, total, device, on_device=not offload, strategy=strategy)
              for name, model in models.items()]
     experts = ExpertSchedule(units, cfg.experts.switch_every, offload, device)
-    ctx = StepContext(cfg, device, torch.Generator().manual_seed(cfg.training.seed), make_scaler(cfg, device))
+    ctx = StepContext(cfg, device, torch.Generator().manual_seed(cfg.training.seed), make_scaler(cfg, device),
+                      rank=env.rank, world=env.world)
     run_dir = prepare_run_dir(cfg)
     run = Run(cfg, run_dir, units, ctx, data, Diagnostics(cfg.optimizer.lr), variant=variant, total=total)
-    start = run.restore(resolve_resume(run_dir, resume))
+    start = run.restore(dist.broadcast_object(resolve_resume(run_dir, resume) if env.is_main else None))
     run.open_log(resumed_at=start if resume else None)
-    run.announce(start, offload)
-    bar = progress_bar(start, total, cfg.logging.progress_bar)
+    run.announce(start, offload, strategy)
+    bar = progress_bar(start, total, cfg.logging.progress_bar and env.is_main)
     for step in range(start, total):
         unit = experts.unit_for(step)
         epochs_before = data.completed_epochs
@@ -57,6 +65,7 @@ def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
     bar.close()
     files = save_final(run_dir, cfg, units, variant, run.lora_metadata())
     run.finish(files)
+    dist.teardown()
     return files
 
 
@@ -87,9 +96,10 @@ class Run:
         return int(state["step"])
 
     def open_log(self, resumed_at: int | None) -> None:
-        self.log = MetricsLog(self.run_dir, self.cfg.logging.tensorboard, resume_step=resumed_at)
+        self.log = MetricsLog(self.run_dir, self.cfg.logging.tensorboard, resume_step=resumed_at) \
+            if dist.is_main() else NullLog()
 
-    def announce(self, start: int, offload: bool = False) -> None:
+    def announce(self, start: int, offload: bool = False, strategy: str = "none") -> None:
         from wantune.train.presets import recommend
 
         n = self.data.num_samples
@@ -97,6 +107,9 @@ class Run:
         where = f"resuming at step {start}" if start else "starting"
         self.log.message(f"{where}: {self.total} steps, {n} training samples, {len(self.data.validation)} "
                          f"validation samples; run folder {self.run_dir}. Guide advice for this size: {rec.reason}.")
+        if strategy != "none":
+            self.log.message(f"{dist.world()} ranks, {strategy}: {self.cfg.training.batch_size} samples per rank "
+                             f"per micro-batch, {self.cfg.training.batch_size * dist.world()} in all.")
         if offload:
             self.log.message("A14B: the waiting expert is kept in pinned CPU memory and moved to the GPU when "
                              f"its turn comes (every {self.cfg.experts.switch_every} steps).")
@@ -145,7 +158,14 @@ class Run:
                                self.lora_metadata(step), self.cfg.saving.keep_last)
 
     def preview(self, step: int) -> None:
+        """Rank 0 samples the previews (not with sharded weights: generate from a checkpoint instead)."""
         from wantune.train.previews import render_previews
+
+        if any(is_sharded(u.model) for u in self.units):
+            self.log.message(f"step {step}: previews skipped (FSDP-sharded weights); generate from a checkpoint")
+            return
+        if not dist.is_main():
+            return
 
         files = render_previews({u.name: u.model for u in self.units}, self.cfg, self.variant, step, self.run_dir,
                                 self.ctx.device, self.frozen_experts)
@@ -165,16 +185,20 @@ class Run:
         tail = f"; best validation loss {self.diagnostics.best_val:.4g} at step {self.diagnostics.best_val_step}" \
                f" ({best or 'no checkpoint at that step'})" if self.diagnostics.best_val is not None else ""
         self.log.message(f"done: {', '.join(str(f) for f in files)}{tail}")
+        self.log.close()
+        if not dist.is_main():
+            return
         result = {"files": [str(f) for f in files], "checkpoints": [p.name for p in list_checkpoints(self.run_dir)]}
         (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
-        self.log.close()
 
 
 def prepare_run_dir(cfg: TrainConfig) -> Path:
     """`<output_dir>/<name>/` with the resolved config saved in it."""
     run_dir = Path(cfg.saving.output_dir) / cfg.saving.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, run_dir / "config.toml")
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, run_dir / "config.toml")
+    dist.barrier()
     return run_dir
 
 
@@ -182,12 +206,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def make_scaler(cfg: TrainConfig, device: torch.device):

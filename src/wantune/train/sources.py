@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from wantune.cache.loader import collate
 from wantune.errors import UserError
 from wantune.models.variants import WanVariant
 from wantune.train.config import SyntheticData
@@ -100,9 +101,10 @@ def synthetic_samples(cfg: SyntheticData, variant: WanVariant) -> list[dict]:
 
 def image_condition(latents_CFHW: torch.Tensor, channels: int) -> torch.Tensor:
     """I2V conditioning as the official code builds it: mask (4, first frame 1) + [first frame latent, zeros]."""
+    from wantune.sample.conditioning import i2v_mask
+
     C, F, H, W = latents_CFHW.shape
-    mask = torch.zeros(4, F, H, W)
-    mask[:, 0] = 1.0
+    mask = i2v_mask(4 * (F - 1) + 1, H, W)[0]
     image = torch.zeros_like(latents_CFHW)
     image[:, 0] = latents_CFHW[:, 0]
     cond = torch.cat([mask, image])
@@ -123,42 +125,29 @@ def split_samples(samples: list[dict], fraction: float, seed: int) -> tuple[list
     return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
 
 
-def collate(samples: list[dict]) -> dict:
-    """Samples -> the loop's batch dict."""
-    def stacked(key):
-        values = [s.get(key) for s in samples]
-        return None if any(v is None for v in values) else torch.stack(values)
-
-    dop = [s.get("context_dop_LD") for s in samples]
-    return {
-        "latents_BCFHW": torch.stack([s["latents_CFHW"] for s in samples]).float(),
-        "context": [s["context_LD"] for s in samples],
-        "cond_BCFHW": stacked("cond_CFHW"),
-        "clip_BKD": stacked("clip_KD"),
-        "context_dop": None if any(d is None for d in dop) else dop,
-        "weight_B": torch.tensor([float(s.get("weight", 1.0)) for s in samples]),
-        "sample_id": [s["sample_id"] for s in samples],
-    }
-
-
 class SampleLoader:
     """Endless batches over in-memory samples, reshuffled per epoch from (seed, epoch): resumable exactly.
 
     Each epoch yields `batches_per_epoch` batches (an incomplete last batch is dropped). Caption dropout
     replaces a sample's text with an empty (one zero token) embedding, decided from (seed, epoch, index).
+    With `world` ranks a step draws a global batch of `batch_size × world` samples and rank r takes the
+    r-th `batch_size` of them: the ranks together see exactly what one process with the larger batch sees.
     """
 
     def __init__(self, samples: list[dict], batch_size: int, shuffle: bool = True, seed: int = 0,
-                 caption_dropout: float = 0.0):
+                 caption_dropout: float = 0.0, rank: int = 0, world: int = 1):
         if not samples:
             raise UserError("data: no training samples")
+        if world > 1 and len(samples) < batch_size * world:
+            raise UserError(f"data: {len(samples)} training samples cannot fill a global batch of "
+                            f"{batch_size} x {world} ranks; lower training.batch_size or use fewer GPUs")
         self.samples, self.batch_size, self.shuffle, self.seed = samples, batch_size, shuffle, seed
-        self.caption_dropout = caption_dropout
+        self.caption_dropout, self.rank, self.world = caption_dropout, rank, world
         self.epoch, self.position = 0, 0
 
     @property
     def batches_per_epoch(self) -> int:
-        return max(1, len(self.samples) // self.batch_size)
+        return max(1, len(self.samples) // (self.batch_size * self.world))
 
     @property
     def completed_epochs(self) -> int:
@@ -175,7 +164,7 @@ class SampleLoader:
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
         order = self._order()
-        start = self.position * self.batch_size
+        start = (self.position * self.world + self.rank) * self.batch_size
         picked = [self._maybe_drop(order[i], i) for i in range(start, min(start + self.batch_size, len(order)))]
         self.position += 1
         return collate(picked)
@@ -209,13 +198,16 @@ class RunData:
         return getattr(self.loader, "completed_epochs", self.loader.epoch)
 
 
-def build_data(cfg, variant: WanVariant) -> RunData:
-    """Samples from the configured source, split for validation, regularisation samples mixed in."""
+def build_data(cfg, variant: WanVariant, rank: int = 0, world: int = 1) -> RunData:
+    """Samples from the configured source, split for validation, regularisation samples mixed in.
+
+    The training loader gives this rank its share of each step's batches (`rank` of `world`).
+    """
     data = cfg.data
     if data.dataset_config is not None:
         from wantune.train.cached import build_cached
 
-        return RunData(*build_cached(cfg, variant))
+        return RunData(*build_cached(cfg, variant, rank, world))
     if data.synthetic is not None:
         samples = synthetic_samples(data.synthetic, variant)
     else:
@@ -227,7 +219,8 @@ def build_data(cfg, variant: WanVariant) -> RunData:
         extra = load_samples(data.regularisation_file, "data.regularisation_file")
         train = train + [{**s, "weight": s["weight"] * data.regularisation_weight} for s in extra]
     _check_shapes(train + validation, variant)
-    loader = SampleLoader(train, cfg.training.batch_size, data.shuffle, cfg.training.seed, data.caption_dropout)
+    loader = SampleLoader(train, cfg.training.batch_size, data.shuffle, cfg.training.seed, data.caption_dropout,
+                          rank, world)
     return RunData(loader, validation, len(train))
 
 

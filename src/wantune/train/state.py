@@ -6,6 +6,11 @@ torch / numpy / python and the σ/noise generator, data position, step). It is w
 every file fsynced, then renamed into place: a kill at any moment leaves the previous checkpoint intact, and
 a half-written `.tmp` folder is never read. The last `keep_last` checkpoints are kept.
 
+Several ranks (torchrun): LoRA (DDP) units are identical on every rank, so rank 0 writes them; FSDP units
+are written by every rank in parallel (`dcp/`, `wantune.dist.checkpoint`). `state.pt` holds every rank's
+RNG states, so a run resumed on the same number of ranks continues exactly. Resuming needs the checkpoint
+visible to every rank (a shared filesystem across machines).
+
 `WANTUNE_TEST_SAVE_SLEEP="STEP:SECONDS"` (tests only) sleeps inside the save of STEP, before the rename, so
 a test can kill the process mid-save at a known moment.
 """
@@ -21,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wantune.dist import env as dist
+from wantune.dist.checkpoint import full_state_dict, load_sharded, save_sharded
+from wantune.dist.parallel import is_sharded
 from wantune.errors import UserError
 from wantune.train.loop import StepContext, TrainUnit
 
@@ -60,9 +68,34 @@ def save_checkpoint(run_dir: Path, step: int, units: list[TrainUnit], ctx: StepC
                     extra: dict, lora_metadata: dict, keep_last: int) -> Path:
     """Write a complete, atomic checkpoint for `step`; prune old ones; returns its folder."""
     final = checkpoint_dir(run_dir, step)
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = final.with_name(final.name + f".tmp{dist.broadcast_object(os.getpid())}")
+    if dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    sharded = [u for u in units if is_sharded(u.model)]
+    if sharded:
+        save_sharded(tmp, sharded)
+    rng = dist.gather_objects(rng_state(ctx))
+    if dist.is_main():
+        _write_checkpoint(tmp, step, [u for u in units if u not in sharded], lora_metadata)
+        torch.save({"step": step, "units": {u.name: unit_state(u) for u in units}, "rng": rng[0], "rng_ranks": rng,
+                    "scaler": ctx.scaler.state_dict() if ctx.scaler else None, "recent": list(ctx.recent),
+                    "data": data_state, "extra": extra}, tmp / STATE_FILE)
+        _test_pause(step)
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, units: list[TrainUnit], lora_metadata: dict) -> None:
+    """Rank 0: the whole (unsharded) units' weights, EMA and LoRA files."""
     from safetensors.torch import save_file
 
     for unit in units:
@@ -74,18 +107,6 @@ def save_checkpoint(run_dir: Path, step: int, units: list[TrainUnit], ctx: StepC
 
             save_lora(tmp / f"{unit.name}.lora.safetensors", unit.network, {**lora_metadata, "step": step},
                       expert=unit.name if unit.name in ("high", "low") else "none")
-    torch.save({"step": step, "units": {u.name: unit_state(u) for u in units}, "rng": rng_state(ctx),
-                "scaler": ctx.scaler.state_dict() if ctx.scaler else None, "recent": list(ctx.recent),
-                "data": data_state, "extra": extra}, tmp / STATE_FILE)
-    _test_pause(step)
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
-    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def load_checkpoint(path: Path, units: list[TrainUnit], ctx: StepContext) -> dict:
@@ -96,22 +117,34 @@ def load_checkpoint(path: Path, units: list[TrainUnit], ctx: StepContext) -> dic
     missing = [u.name for u in units if u.name not in state["units"]]
     if missing:
         raise UserError(f"--resume {path}: has no state for {missing[0]}; resume with the same experts.train")
+    sharded = [u for u in units if is_sharded(u.model)]
+    if sharded:
+        load_sharded(path, sharded)
     for unit in units:
+        saved = state["units"][unit.name]
+        unit.scheduler.load_state_dict(saved["scheduler"])
+        if unit in sharded:
+            continue
         unit.load_trainable_state(load_file(str(path / f"{unit.name}.trainable.safetensors")))
         if unit.ema is not None and (path / f"{unit.name}.ema.safetensors").is_file():
             unit.ema.load_state_dict(load_file(str(path / f"{unit.name}.ema.safetensors")))
-        saved = state["units"][unit.name]
         unit.optimizer.load_state_dict(saved["optimizer"])
-        unit.scheduler.load_state_dict(saved["scheduler"])
     if ctx.scaler and state["scaler"]:
         ctx.scaler.load_state_dict(state["scaler"])
     ctx.recent.clear()
     ctx.recent.extend(state["recent"])
-    set_rng_state(state["rng"], ctx)
+    ranks = state.get("rng_ranks") or [state["rng"]]
+    if len(ranks) != dist.world() and dist.is_main():
+        print(f"--resume {path}: saved by {len(ranks)} rank(s), resumed on {dist.world()}: the weights and "
+              "optimiser state carry over, but the data order and noise differ from an uninterrupted run")
+    set_rng_state(ranks[dist.rank()] if len(ranks) == dist.world() else state["rng"], ctx)
     return state
 
 
 def unit_state(unit: TrainUnit) -> dict:
+    """Optimiser and schedule state for state.pt (a sharded unit's optimiser state is in dcp/)."""
+    if is_sharded(unit.model):
+        return {"scheduler": unit.scheduler.state_dict()}
     return {"optimizer": unit.optimizer.state_dict(), "scheduler": unit.scheduler.state_dict()}
 
 
@@ -142,6 +175,9 @@ def _test_pause(step: int) -> None:
 
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
+        if path.is_dir():
+            _fsync_tree(path)
+            continue
         with open(path, "rb") as f:
             os.fsync(f.fileno())
     _fsync_dir(folder)
@@ -163,7 +199,10 @@ def final_name(cfg, unit_name: str, variant) -> str:
 
 
 def save_final(run_dir: Path, cfg, units: list[TrainUnit], variant, metadata: dict) -> list[Path]:
-    """The run's deliverables: one LoRA (or full transformer) file per unit, plus EMA versions."""
+    """The run's deliverables: one LoRA (or full transformer) file per unit, plus EMA versions.
+
+    Rank 0 writes them (sharded weights are first gathered to it); every rank returns the paths.
+    """
     from safetensors.torch import save_file
 
     written = []
@@ -173,16 +212,25 @@ def save_final(run_dir: Path, cfg, units: list[TrainUnit], variant, metadata: di
         if unit.network is not None:
             from wantune.lora import save_lora
 
-            written.append(save_lora(path, unit.network, metadata, expert=expert))
-            if unit.ema is not None:
-                written.append(_save_ema_lora(path, unit, metadata, expert))
+            if dist.is_main():
+                save_lora(path, unit.network, metadata, expert=expert)
+                if unit.ema is not None:
+                    _save_ema_lora(path, unit, metadata, expert)
+            written += [path] + ([_ema_path(path)] if unit.ema is not None else [])
         else:
-            tmp = path.with_name("." + path.name + ".tmp")
-            save_file({n: p.detach().cpu().contiguous() for n, p in unit.model.state_dict().items()}, str(tmp),
-                      metadata={k: str(v) for k, v in metadata.items()})
-            os.replace(tmp, path)
+            weights = full_state_dict(unit.model) if is_sharded(unit.model) else unit.model.state_dict()
+            if dist.is_main():
+                tmp = path.with_name("." + path.name + ".tmp")
+                save_file({n: p.detach().cpu().contiguous() for n, p in weights.items()}, str(tmp),
+                          metadata={k: str(v) for k, v in metadata.items()})
+                os.replace(tmp, path)
             written.append(path)
+    dist.barrier()
     return written
+
+
+def _ema_path(path: Path) -> Path:
+    return path.with_name(path.stem + "_ema.safetensors")
 
 
 def _save_ema_lora(path: Path, unit: TrainUnit, metadata: dict, expert: str) -> Path:
@@ -192,7 +240,7 @@ def _save_ema_lora(path: Path, unit: TrainUnit, metadata: dict, expert: str) -> 
     live = unit.trainable_state()
     unit.load_trainable_state(unit.ema.state_dict())
     try:
-        return save_lora(path.with_name(path.stem + "_ema.safetensors"), unit.network, {**metadata, "ema": True},
+        return save_lora(_ema_path(path), unit.network, {**metadata, "ema": True},
                          expert=expert)
     finally:
         unit.load_trainable_state(live)
