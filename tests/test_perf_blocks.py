@@ -128,3 +128,10 @@ def test_offload_hooks_keep_strides_and_values():
     assert seen["stride"] == x.t().stride() and torch.equal(seen["value"], x.detach())
     assert torch.equal(x.grad, torch.full_like(x, 3.0))
     assert _dense(x.t()) and not _dense(x[:, ::2])
+
+
+def test_unchecked_last_blocks_give_identical_grads(plain_result):
+    setup = _setup()
+    install_fast_blocks(setup.model, compile=False)
+    wrap_blocks(setup.model, save_attention=True, min_kv_tokens=1, plain_blocks=2)
+    _assert_same(plain_result, setup.loss_and_grads())

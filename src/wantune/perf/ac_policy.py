@@ -44,17 +44,21 @@ def attention_policy(min_kv_tokens: int = 1024):
 
 
 def wrap_blocks(model: nn.Module, save_attention: bool = True, min_kv_tokens: int = 1024, offload: bool = False,
-                swapper: BlockSwapper | None = None, checkpointing: bool = True) -> int:
-    """Install the training forward on every block of `model`; returns the number of blocks wrapped."""
+                swapper: BlockSwapper | None = None, checkpointing: bool = True, plain_blocks: int = 0) -> int:
+    """Install the training forward on every block of `model`; returns the number of blocks wrapped.
+
+    plain_blocks: the last N blocks keep all their activations (no recompute), for memory that would sit idle.
+    """
     context_fn = None
     if save_attention and checkpointing:
         context_fn = functools.partial(create_selective_checkpoint_contexts, attention_policy(min_kv_tokens))
+    first_plain = len(model.blocks) - plain_blocks
     for index, block in enumerate(model.blocks):
         if getattr(block, "_wantune_checkpointed", False):
             unwrap_blocks(model)
-            return wrap_blocks(model, save_attention, min_kv_tokens, offload, swapper, checkpointing)
+            return wrap_blocks(model, save_attention, min_kv_tokens, offload, swapper, checkpointing, plain_blocks)
         block.forward = functools.partial(_block_forward, block.forward, index, swapper, context_fn, offload,
-                                          checkpointing)
+                                          checkpointing and index < first_plain)
         block._wantune_checkpointed = True
     return len(model.blocks)
 

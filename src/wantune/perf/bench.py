@@ -23,7 +23,7 @@ from wantune.errors import UserError
 from wantune.models.variants import get_variant
 from wantune.perf import numerics
 from wantune.perf.flops import latent_grid, roofline_seconds, step_flops
-from wantune.perf.memory import GIB, estimate_memory, memory_message
+from wantune.perf.memory import GIB, estimate_memory, memory_message, plain_blocks_for
 from wantune.perf.micro import measure_rates
 from wantune.perf.setup import TrainSetup, prepare_fast, prepare_plain
 
@@ -55,6 +55,8 @@ class SpeedConfig:
     warmup: int = 2
     steps: int = 5
     reference: bool = False
+    plain_blocks: int | None = None
+    """Blocks that skip checkpointing (keep all activations); None: as many as the free memory holds."""
     check: bool = False
     """Numerics: loss and LoRA grads of the fast path against the plain path on the same weights."""
     layers: int | None = None
@@ -114,9 +116,16 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
     in_place = len(cfg.precision) > 1 and cfg.precision[0] == "bf16" and not cfg.block_swap
     setup, losses = None, {}
     for precision in cfg.precision:
-        estimate = estimate_memory(variant, cfg.frames, cfg.height, cfg.width, cfg.batch, cfg.rank, precision,
-                                   cfg.block_swap, save_attention, offload)
+        shape = (variant, cfg.frames, cfg.height, cfg.width, cfg.batch, cfg.rank, precision, cfg.block_swap,
+                 save_attention, offload)
+        estimate = estimate_memory(*shape)
         available = cfg.memory_cap_gib or torch.cuda.get_device_properties(device).total_memory / GIB
+        plain_blocks = cfg.plain_blocks or 0
+        if cfg.plain_blocks is None and cfg.mode == "fast" and not capped and not cfg.block_swap:
+            tokens = cfg.batch * math.prod(latent_grid(variant, cfg.frames, cfg.height, cfg.width))
+            plain_blocks = plain_blocks_for(estimate, variant, tokens, available)
+        if plain_blocks:
+            estimate = estimate_memory(*shape, plain_blocks=plain_blocks)
         log(memory_message(estimate, available))
         _set_cap(cfg.memory_cap_gib, device)
         try:
@@ -127,14 +136,16 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
             run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision,
                    "memory_estimate": estimate.as_dict(), "attention_backend": backend,
                    "settings": {"save_attention": save_attention, "offload": offload, "block_swap": cfg.block_swap,
+                                "plain_blocks": plain_blocks,
                                 "compile": cfg.compile and cfg.mode == "fast", "mode": cfg.mode}}
             if cfg.check and not cfg.block_swap:
                 setup.reset_lora()  # the same LoRA weights the plain reference was measured with
                 run["numerics"] = numerics.compare(setup, backend, cfg.compile, save_attention, offload,
-                                                   precision == "fp8")
+                                                   precision == "fp8", plain_blocks)
                 log(f"numerics {precision}: {run['numerics']}")
             if cfg.mode == "fast":
-                run["compile_error"] = prepare_fast(setup, backend, cfg.compile, save_attention, offload)
+                run["compile_error"] = prepare_fast(setup, backend, cfg.compile, save_attention, offload,
+                                                    plain_blocks)
             else:
                 prepare_plain(setup)
             setup.reset_lora()

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
                    help="keep checkpointed block inputs in pinned CPU memory (auto: on under a memory cap)")
     p.add_argument("--save-attention", choices=("auto", "on", "off"), default="auto",
                    help="selective checkpointing: keep self-attention outputs (auto: off under a memory cap)")
+    p.add_argument("--plain-blocks", default="auto",
+                   help="blocks that skip checkpointing (keep all activations); auto: as many as free memory holds")
     p.add_argument("--no-compile", action="store_true", help="run the fused kernels eagerly")
     p.add_argument("--attention", default="auto",
                    choices=("auto", "cudnn", "flash", "efficient", "math", "default"))
@@ -62,7 +64,7 @@ def _speed(args) -> int:
         memory_cap_gib=args.memory_cap_gib, block_swap=args.block_swap, offload=_tri(args.offload),
         save_attention=_tri(args.save_attention), compile=not args.no_compile, attention=args.attention,
         mode=args.mode, warmup=args.warmup, steps=args.steps, reference=args.reference, check=args.check,
-        layers=args.layers)
+        layers=args.layers, plain_blocks=None if args.plain_blocks == "auto" else int(args.plain_blocks))
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
     def save(result: dict) -> None:
         if args.out:

@@ -61,9 +61,15 @@ def lora_params(variant: WanVariant, rank: int) -> int:
     return variant.num_layers * sum(rank * (i + o) for _, _, i, o, _ in linear_shapes(variant, 1))
 
 
+def block_activation_bytes(variant: WanVariant, tokens: int) -> float:
+    """Bytes a block keeps for its backward when it is not checkpointed (B*L tokens): about 43 bytes per
+    token x model dim and 4 per token x FFN dim (counted with saved-tensor hooks on the fused block)."""
+    return tokens * (43.0 * variant.dim + 4.0 * variant.ffn_dim)
+
+
 def estimate_memory(variant: WanVariant, frames: int, height: int, width: int, batch: int = 1, rank: int = 32,
                     precision: str = "bf16", block_swap: int = 0, save_attention: bool = True,
-                    offload: bool = False, lora_bytes: int = 2) -> MemoryEstimate:
+                    offload: bool = False, lora_bytes: int = 2, plain_blocks: int = 0) -> MemoryEstimate:
     """Peak GPU memory of one training step of this configuration (see the module docstring)."""
     tokens = batch * math.prod(latent_grid(variant, frames, height, width))
     d, fd, layers = variant.dim, variant.ffn_dim, variant.num_layers
@@ -79,7 +85,18 @@ def estimate_memory(variant: WanVariant, frames: int, height: int, width: int, b
         "saved_attention": layers * tokens * (d * 2 + variant.num_heads * 4) if save_attention else 0,
         "block_working_set": tokens * (d * 4 * 8 + fd * 2 * 3),
     }
+    if plain_blocks:
+        kept = parts["saved_block_inputs"] / layers + parts["saved_attention"] / layers
+        parts["unchecked_blocks"] = plain_blocks * (block_activation_bytes(variant, tokens) - kept)
     return MemoryEstimate(parts)
+
+
+def plain_blocks_for(estimate: MemoryEstimate, variant: WanVariant, tokens: int, available_gib: float,
+                     use: float = 0.85) -> int:
+    """How many blocks can skip checkpointing in the memory the estimate leaves free (`use` of the total)."""
+    free = (available_gib * use - estimate.total_gib) * GIB
+    per_block = block_activation_bytes(variant, tokens)
+    return max(0, min(variant.num_layers, int(free // per_block)))
 
 
 def memory_message(estimate: MemoryEstimate, available_gib: float | None) -> str:

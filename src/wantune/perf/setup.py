@@ -115,13 +115,14 @@ def reset_blocks(model: torch.nn.Module) -> None:
 
 
 def prepare_fast(setup: TrainSetup, backend: str | None, compile: bool, save_attention: bool,
-                 offload: bool) -> str | None:
+                 offload: bool, plain_blocks: int = 0) -> str | None:
     """Wire the fast step; if torch.compile fails on a trial step, fall back to eager and return the error."""
     error = None
     compile_quantize(compile and setup.inputs["target"].is_cuda)
     reset_blocks(setup.model)
     install_fast_blocks(setup.model, compile=compile)
-    wrap_blocks(setup.model, save_attention=save_attention, offload=offload, swapper=setup.swapper)
+    wrap_blocks(setup.model, save_attention=save_attention, offload=offload, swapper=setup.swapper,
+                plain_blocks=plain_blocks)
     if compile:
         try:
             with _backend(backend):
@@ -131,7 +132,8 @@ def prepare_fast(setup: TrainSetup, backend: str | None, compile: bool, save_att
             reset_blocks(setup.model)
             install_fast_blocks(setup.model, compile=False)
             compile_quantize(False)
-            wrap_blocks(setup.model, save_attention=save_attention, offload=offload, swapper=setup.swapper)
+            wrap_blocks(setup.model, save_attention=save_attention, offload=offload, swapper=setup.swapper,
+                plain_blocks=plain_blocks)
         for p in setup.network.parameters():
             p.grad = None
     return error
