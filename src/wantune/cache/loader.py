@@ -72,15 +72,16 @@ def load_entry(store: CacheStore, entry: CacheEntry, flip: int = 0, drop_caption
 
 
 def collate(samples: list[dict]) -> dict:
-    """Sample dicts of one shape -> a batch dict."""
+    """Sample dicts of one shape -> the training loop's batch dict (optional parts None unless all have them)."""
     def stacked(key):
         values = [s.get(key) for s in samples]
         return None if any(v is None for v in values) else torch.stack(values)
 
+    dop = [s.get("context_dop_LD") for s in samples]
     return {"latents_BCFHW": torch.stack([s["latents_CFHW"] for s in samples]).float(),
             "context": [s["context_LD"] for s in samples], "cond_BCFHW": stacked("cond_CFHW"),
-            "clip_BKD": stacked("clip_KD"), "context_dop": None,
-            "weight_B": torch.tensor([float(s["weight"]) for s in samples]),
+            "clip_BKD": stacked("clip_KD"), "context_dop": None if any(d is None for d in dop) else dop,
+            "weight_B": torch.tensor([float(s.get("weight", 1.0)) for s in samples]),
             "sample_id": [s["sample_id"] for s in samples]}
 
 
