@@ -22,7 +22,7 @@ from wantune.train.recipe import main
 
 CONFIG = """
 [model]
-variant = "wan2.1-t2v-1.3b"
+variant = "{variant}"
 tiny = true
 dtype = "fp32"
 [data]
@@ -55,18 +55,25 @@ keep_last = 5
 [logging]
 tensorboard = false
 progress_bar = false
+[experts]
+train = "both"
 [training]
 steps = 6
 batch_size = {batch}
+grad_accumulation = {accumulation}
 mixed_precision = "no"
 """
+KINDS = {"lora": ("lora", "wan2.1-t2v-1.3b", 1), "full": ("full", "wan2.1-t2v-1.3b", 1),
+         "a14b": ("lora", "wan2.2-t2v-a14b", 2)}
+"""Run kinds: (network type, variant, gradient accumulation); a14b trains both experts, switching every step."""
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
-def _config(tmp: Path, network: str, name: str, batch: int) -> Path:
+def _config(tmp: Path, kind: str, name: str, batch: int) -> Path:
+    network, variant, accumulation = KINDS[kind]
     path = tmp / f"{name}.toml"
-    path.write_text(CONFIG.format(network=network, dop="true" if network == "lora" else "false", out=tmp,
-                                  name=name, batch=batch))
+    path.write_text(CONFIG.format(network=network, variant=variant, dop="true" if kind == "lora" else "false",
+                                  out=tmp, name=name, batch=batch, accumulation=accumulation))
     return path
 
 
@@ -80,9 +87,10 @@ def _torchrun(config: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _final(run: Path) -> dict[str, torch.Tensor]:
-    files = [p for p in run.glob("wan*.safetensors") if not p.stem.endswith("_ema")]
-    assert len(files) == 1, files
-    return load_file(str(files[0]))
+    """Every final file's tensors, keyed `<file suffix>/<tensor>` (EMA files too)."""
+    files = sorted(run.glob("wan*.safetensors"))
+    assert files
+    return {f"{p.stem.split(run.name)[-1]}/{k}": v for p in files for k, v in load_file(str(p)).items()}
 
 
 def _records(run: Path) -> list[dict]:
@@ -95,7 +103,7 @@ def _assert_same_weights(got: dict, want: dict, **tol) -> None:
         torch.testing.assert_close(got[key], want[key], **tol, msg=lambda m, k=key: f"{k}: {m}")
 
 
-@pytest.fixture(scope="module", params=["lora", "full"])
+@pytest.fixture(scope="module", params=list(KINDS))
 def runs(request, tmp_path_factory):
     """(network type, single-process run folder, 2-rank run folder, 2-rank torchrun stdout)."""
     tmp = tmp_path_factory.mktemp(request.param)
@@ -105,15 +113,15 @@ def runs(request, tmp_path_factory):
 
 
 def test_two_ranks_batch_1_train_as_one_process_batch_2(runs):
-    """DDP (LoRA, with DOP) / FSDP2 (full): same weights and the same logged losses as one process."""
-    network, single, ranks, _ = runs
+    """DDP (LoRA with DOP; A14B experts with accumulation) / FSDP2 (full): same weights and losses as one process."""
+    kind, single, ranks, _ = runs
     _assert_same_weights(_final(ranks), _final(single), **TOLERANCE)
     want, got = _records(single), _records(ranks)
     assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, 7))
     for a, b in zip(got, want, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a.get("val/loss") == pytest.approx(b.get("val/loss"), rel=1e-4)
-    if network == "full":  # the checkpoint's sharded state (DCP) is there; no stray whole-model copies
+    if kind == "full":  # the checkpoint's sharded state (DCP) is there; no stray whole-model copies
         assert (ranks / "checkpoints" / "step_000006" / "dcp").is_dir()
         assert not list((ranks / "checkpoints" / "step_000006").glob("*.trainable.safetensors"))
 
@@ -133,8 +141,8 @@ def test_only_rank_0_writes(runs):
 
 def test_resume_on_two_ranks_is_exact(runs, tmp_path):
     """Resuming the 2-rank run from its step-3 checkpoint ends with exactly the uninterrupted weights."""
-    network, _, ranks, _ = runs
-    config = _config(tmp_path, network, "resumed", batch=1)
+    kind, _, ranks, _ = runs
+    config = _config(tmp_path, kind, "resumed", batch=1)
     shutil.copytree(ranks / "checkpoints" / "step_000003", tmp_path / "resumed" / "checkpoints" / "step_000003")
     _torchrun(config, "--resume", "latest")
     _assert_same_weights(_final(tmp_path / "resumed"), _final(ranks), rtol=0, atol=0)
