@@ -5,27 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_diffusers_equivalence import diffusers_twin
 from test_lora import random_lora, run, tiny_inputs, tiny_model
 
 from wantune.lora import attach_loras, load_lora, save_lora, write_lora
-from wantune.models.diffusers_names import official_to_diffusers
 
 pytest.importorskip("peft")
-
-
-def diffusers_twin(model):
-    """A diffusers WanTransformer3DModel with the model's config and (renamed) base weights."""
-    from diffusers import WanTransformer3DModel
-
-    v = model.variant
-    image = v.has_image_embedding
-    twin = WanTransformer3DModel(
-        patch_size=v.patch_size, num_attention_heads=v.num_heads, attention_head_dim=v.head_dim,
-        in_channels=v.in_dim, out_channels=v.out_dim, text_dim=v.text_dim, freq_dim=v.freq_dim,
-        ffn_dim=v.ffn_dim, num_layers=v.num_layers, cross_attn_norm=v.cross_attn_norm, eps=v.eps,
-        image_dim=1280 if image else None, added_kv_proj_dim=v.dim if image else None)
-    twin.load_state_dict(official_to_diffusers(model.state_dict()), strict=True)
-    return twin.eval()
 
 
 def run_twin(twin, model, inputs) -> torch.Tensor:
