@@ -55,8 +55,9 @@ class SpeedConfig:
     warmup: int = 2
     steps: int = 5
     reference: bool = False
-    plain_blocks: int | None = None
-    """Blocks that skip checkpointing (keep all activations); None: as many as the free memory holds."""
+    plain_blocks: int | None = 0
+    """Blocks that skip checkpointing (keep all activations); None: as many as the free memory holds
+    (not yet measured on a GPU, hence off by default)."""
     check: bool = False
     """Numerics: loss and LoRA grads of the fast path against the plain path on the same weights."""
     layers: int | None = None

@@ -27,8 +27,9 @@ def register(subparsers) -> None:
                    help="keep checkpointed block inputs in pinned CPU memory (auto: on under a memory cap)")
     p.add_argument("--save-attention", choices=("auto", "on", "off"), default="auto",
                    help="selective checkpointing: keep self-attention outputs (auto: off under a memory cap)")
-    p.add_argument("--plain-blocks", default="auto",
-                   help="blocks that skip checkpointing (keep all activations); auto: as many as free memory holds")
+    p.add_argument("--plain-blocks", default="0",
+                   help="blocks that skip checkpointing (keep all activations); auto: as many as free memory "
+                        "holds (unmeasured on a GPU so far)")
     p.add_argument("--no-compile", action="store_true", help="run the fused kernels eagerly")
     p.add_argument("--attention", default="auto",
                    choices=("auto", "cudnn", "flash", "efficient", "math", "default"))
