@@ -132,7 +132,8 @@ def test_only_rank_0_writes(runs):
     assert len(_records(ranks)) == 6
     lines = (ranks / "train.log").read_text().splitlines()
     assert len(lines) == len(set(lines)) and any("2 ranks" in line for line in lines)
-    assert sorted(p.name.replace("ranks", "single") for p in ranks.iterdir()) == sorted(p.name for p in single.iterdir())
+    names = sorted(p.name.replace("ranks", "single") for p in ranks.iterdir())
+    assert names == sorted(p.name for p in single.iterdir())
     assert [p.name for p in (ranks / "checkpoints").iterdir()] and \
         not [p for p in (ranks / "checkpoints").iterdir() if ".tmp" in p.name]
     printed = [line for line in stdout.splitlines() if line.endswith(".safetensors")]
