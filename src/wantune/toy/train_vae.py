@@ -59,6 +59,8 @@ class VaeTrainConfig:
     """'cuda', 'cpu' or 'auto'."""
     max_minutes: float = 0.0
     """If > 0: after 20 steps, cut `steps` so that training ends within this many minutes."""
+    train_frames: int = 9
+    """Frames of the random temporal crop trained on (4n+1; the causal VAE shares weights over time)."""
 
 
 def _render_pool(cfg: VaeTrainConfig, count: int, seed: int) -> tuple[np.ndarray, list[dict]]:
@@ -84,8 +86,9 @@ def _to_video(frames_NFHWC: np.ndarray, device):
     return video / 127.5 - 1.0
 
 
-def _augment(frames_NFHWC: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    out = frames_NFHWC.copy()
+def _augment(frames_NFHWC: np.ndarray, rng: np.random.Generator, length: int) -> np.ndarray:
+    start = int(rng.integers(frames_NFHWC.shape[1] - length + 1))
+    out = frames_NFHWC[:, start:start + length].copy()
     for i in range(len(out)):
         if rng.random() < 0.5:
             out[i] = out[i, :, :, ::-1]
@@ -138,7 +141,7 @@ def train(cfg: VaeTrainConfig) -> dict:
         if step == 20 and cfg.max_minutes > 0:
             per_step = (time.time() - began) / 20
             cfg.steps = max(21, min(cfg.steps, int(cfg.max_minutes * 60 / per_step)))
-        batch = _augment(pool[rng.integers(len(pool), size=cfg.batch_size)], rng)
+        batch = _augment(pool[rng.integers(len(pool), size=cfg.batch_size)], rng, cfg.train_frames)
         loss, parts = _loss(vae, _to_video(batch, device), mean, std, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -195,10 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-minutes", type=float, default=0.0)
     parser.add_argument("--eval-clips", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-frames", type=int, default=9)
     args = parser.parse_args(argv)
     metrics = train(VaeTrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, pool=args.pool,
                                    seed=args.seed, device=args.device, max_minutes=args.max_minutes,
-                                   eval_clips=args.eval_clips))
+                                   eval_clips=args.eval_clips, lr=args.lr, train_frames=args.train_frames))
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
 
 
