@@ -1,9 +1,7 @@
 """`wantune bench learn`: does a LoRA trained by wantune teach the toy model a concept (issue 5)?
 
-`register_learn(bench_subparsers)` is called by `wantune.perf.cli` (which owns `wantune bench`). The run
-needs the pre-trained toy base model (tokenizer, UMT5, VAE, transformer under `--base`); until its weights
-are shipped, the command checks its inputs, renders the LoRA dataset and stops with a one-line error saying
-what is missing.
+`register_learn(bench_subparsers)` is called by `wantune.perf.cli` (which owns `wantune bench`). The recipe
+is `wantune.toy.learn`; it needs a pre-trained toy base model under `--base` (`python -m wantune.toy.pretrain`).
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 DEFAULT_TASKS = ("character", "style", "motion")
-BASE_FILES = ("tokenizer/spiece.model", "text_encoder.safetensors", "vae.safetensors", "transformer.safetensors")
 
 
 def register_learn(bench_subparsers) -> None:
@@ -25,28 +22,37 @@ def register_learn(bench_subparsers) -> None:
     p.add_argument("--base", default="toy_base", help="folder of the pre-trained toy base model")
     p.add_argument("--out", default="runs/bench_learn", help="where datasets, LoRAs and clips go")
     p.add_argument("--clips", type=int, default=32, help="training clips per concept")
+    p.add_argument("--steps", type=int, default=600, help="LoRA training steps")
+    p.add_argument("--eval-clips", type=int, default=16, help="generated clips per prompt set")
+    p.add_argument("--sample-steps", type=int, help="sampling steps (default: the toy variant's)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_learn)
 
 
 def _learn(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     from wantune.errors import UserError
+    from wantune.toy.learn import LearnSettings, check_base, learn_concept
     from wantune.toy.spec import load_concept
-    from wantune.toy.world import write_dataset
 
     specs = [load_concept(c) for c in (args.concept or DEFAULT_TASKS)]
     for spec in specs:
         if not spec.trigger:
             raise UserError(f"concept '{spec.name}': has no trigger word; a LoRA concept needs `trigger = \"...\"`")
-    base = Path(args.base)
-    missing = [name for name in BASE_FILES if not (base / name).is_file()]
-    for spec in specs:
-        write_dataset(spec, Path(args.out) / spec.name / "data", args.clips, args.seed)
-    if missing:
-        raise UserError(f"{base}: the pre-trained toy base model is missing ({', '.join(missing)}); "
-                        f"bench learn needs it (not shipped yet, see docs/toy.md)")
-    raise UserError("bench learn: training and generation on the toy base model are not wired up yet; the "
-                    f"datasets are in {args.out}")
+    check_base(Path(args.base))
+    settings = LearnSettings(clips=args.clips, steps=args.steps, eval_clips=args.eval_clips,
+                             sample_steps=args.sample_steps, seed=args.seed, device=args.device)
+    results = [learn_concept(spec, Path(args.base), Path(args.out), settings) for spec in specs]
+    if args.json:
+        print(json.dumps({"base": args.base, "results": results}))
+        return 0
+    for r in results:
+        for key in ("no_dop", "dop"):
+            print(f"{r['concept']:10s} {key:6s} with_lora={r[key]['adherence_with_lora']:.3f} "
+                  f"without_lora={r['adherence_without_lora']:.3f} preservation_drop={r[key]['preservation_drop']:.3f} "
+                  f"loss {r[key]['first_loss']:.3f}->{r[key]['last_loss']:.3f}")
+    return 0

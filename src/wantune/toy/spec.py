@@ -64,6 +64,8 @@ class ConceptSpec:
     """Background options."""
     trigger: str = ""
     """Trigger word of a LoRA concept ('' for the base world); templates place it with {trigger}."""
+    class_word: str = ""
+    """What the trigger is an instance of ('shape', 'pattern'): replaces it in DOP's preservation prompts."""
     captions: list[str] = field(default_factory=lambda: ["a {color} {shape} {motion} on {background}"])
     """Caption templates; one is drawn per clip."""
     size: tuple[float, float] = (9.0, 13.0)

@@ -1,0 +1,129 @@
+"""The learn benchmark: does a LoRA trained by wantune teach the toy base model a concept, and what does it
+cost the rest? One recipe per concept, top to bottom:
+
+1. render `clips` clips of the concept (its trigger word in every caption) and a dataset TOML;
+2. `wantune cache` them with the toy VAE and UMT5, then `wantune train` a LoRA (DOP on or off);
+3. generate the concept's prompts with and without the LoRA and judge them (`adherence_with_lora`,
+   `adherence_without_lora`), and the base world's prompts with and without it (`preservation_drop`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wantune.errors import UserError
+from wantune.toy.pretrain import DATASET_TOML
+from wantune.toy.spec import ConceptSpec, concept_to_dict
+
+EVAL_SEED = 5000
+BASE_FILES = ("tokenizer/spiece.model", "text_encoder.safetensors", "vae.safetensors", "transformer.safetensors")
+
+
+@dataclass
+class LearnSettings:
+    """How long and how big one learn run is."""
+
+    clips: int = 32
+    """Training clips of the concept."""
+    steps: int = 600
+    """LoRA training steps."""
+    batch_size: int = 8
+    """Clips per step."""
+    rank: int = 16
+    """LoRA rank (alpha = rank)."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    eval_clips: int = 16
+    """Generated clips per prompt set."""
+    sample_steps: int | None = None
+    """Sampling steps (default: the toy variant's)."""
+    seed: int = 0
+    """Seed of the rendered clips and the run."""
+    device: str | None = None
+    """cuda or cpu (default: cuda when available)."""
+
+
+def check_base(base: Path) -> None:
+    missing = [name for name in BASE_FILES if not (base / name).is_file()]
+    if missing:
+        raise UserError(f"{base}: the pre-trained toy base model is missing ({', '.join(missing)}); "
+                        f"make it with `python -m wantune.toy.pretrain` (docs/toy.md)")
+
+
+def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bool) -> dict:
+    """The `wantune train` config (as TOML-ready data, paths relative to the work folder)."""
+    cfg = {
+        "model": {"variant": "wan2.1-t2v-1.3b", "tiny": True, "dtype": "fp32",
+                  "checkpoint": str(base / "transformer.safetensors"), "vae": str(base / "vae.safetensors"),
+                  "text_encoder": str(base / "text_encoder.safetensors"), "tokenizer": str(base / "tokenizer")},
+        "data": {"dataset_config": "dataset.toml", "cache_dir": "cache"},
+        "network": {"type": "lora", "rank": settings.rank, "alpha": float(settings.rank)},
+        "optimizer": {"name": "adamw", "lr": settings.lr},
+        "timesteps": {"sampling": "shift", "discrete_flow_shift": 3.0},
+        "saving": {"output_dir": "runs", "name": f"{spec.name}_{'dop' if dop else 'plain'}"},
+        "logging": {"tensorboard": False, "progress_bar": False},
+        "training": {"steps": settings.steps, "batch_size": settings.batch_size, "mixed_precision": "no",
+                     "seed": settings.seed, **({"device": settings.device} if settings.device else {})},
+    }
+    if dop:
+        cfg["regularisation"] = {"dop": {"enabled": True, "trigger": spec.trigger,
+                                         "class_word": spec.class_word or "thing"}}
+    return cfg
+
+
+def train_lora(spec: ConceptSpec, base: Path, work: Path, settings: LearnSettings, dop: bool) -> tuple[Path, dict]:
+    """Render, cache and train one LoRA; returns (the LoRA file, {first/last loss})."""
+    from wantune import config as typed
+    from wantune.cache.run import CacheJob, run_cache
+    from wantune.toy.world import write_dataset
+    from wantune.train.config import load_train_config
+    from wantune.train.recipe import main as train_main
+
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "data" / "videos").is_dir():
+        write_dataset(spec, work / "data", settings.clips, settings.seed)
+    (work / "dataset.toml").write_text(DATASET_TOML)
+    config = work / f"train_{'dop' if dop else 'plain'}.toml"
+    config.write_text(typed.dumps(train_config(spec, base.resolve(), settings, dop)))
+    job = CacheJob.from_args(argparse.Namespace(
+        config=str(config), vae=None, text_encoder=None, tokenizer=None, clip=None, cache_dir=None, variant=None,
+        device=settings.device, dtype="fp32"))
+    run_cache(job, progress=False)
+    files = train_main(load_train_config(config))
+    lora = next(f for f in files if f.suffix == ".safetensors")
+    losses = [json.loads(line).get("loss") for line in (lora.parent / "metrics.jsonl").read_text().splitlines()]
+    losses = [x for x in losses if x is not None]
+    return lora, {"first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
+
+
+def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSettings) -> dict:
+    """The learn figures of one concept, with and without DOP."""
+    from wantune.toy.evaluate import adherence
+
+    if not spec.trigger:
+        raise UserError(f"concept '{spec.name}': has no trigger word; a LoRA concept needs `trigger = \"...\"`")
+    check_base(base)
+    start = time.time()
+    spec_file = out / spec.name / "concept.json"
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(json.dumps(concept_to_dict(spec)))
+
+    def judge_set(concept, loras):
+        return adherence(base, str(concept), settings.eval_clips, EVAL_SEED, loras=loras,
+                         steps=settings.sample_steps, device=settings.device)["adherence"]
+
+    result = {"concept": spec.name, "trigger": spec.trigger,
+              "adherence_without_lora": judge_set(spec_file, []), "base_adherence": judge_set("base", [])}
+    for dop in (False, True):
+        lora, losses = train_lora(spec, base, out / spec.name, settings, dop)
+        key = "dop" if dop else "no_dop"
+        with_lora = judge_set(spec_file, [(str(lora), 1.0)])
+        base_with = judge_set("base", [(str(lora), 1.0)])
+        result[key] = {"lora": str(lora), **losses, "adherence_with_lora": with_lora,
+                       "preservation_drop": round(result["base_adherence"] - base_with, 4)}
+    result["seconds"] = round(time.time() - start, 1)
+    return result
