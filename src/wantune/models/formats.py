@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,10 +74,13 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, torch.Tensor], dict[s
 
 def load_torch_file(file: Path) -> dict[str, torch.Tensor]:
     """A .pth/.pt state dict, memory-mapped (weights_only); unwraps {"state_dict": ...} style wrappers."""
+    is_zip = zipfile.is_zipfile(file)  # mmap needs the zip format; legacy torch.save files are read without it
     try:
-        data = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        data = torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:  # torch raises many types for a bad pickle or zip
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not is_zip:  # garbage reads as a legacy pickle and fails with a misleading message
+            first_line = "not a torch.save file"
         raise UserError(f"{file}: cannot read as a PyTorch checkpoint ({first_line})") from None
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(data, dict) and isinstance(data.get(wrapper), dict) and len(data) <= 3:
