@@ -41,14 +41,18 @@ def run_check(args: argparse.Namespace) -> int:
     from wantune.data.check import check_dataset, format_report
     from wantune.data.config import folder_config, load_dataset_config
 
+    from wantune.errors import UserError
+
     source = Path(args.source)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     if source.is_file() and source.suffix.lower() == ".toml":
         cfg = load_dataset_config(source, variant=args.variant)
     else:
         if not source.exists():
-            from wantune.errors import UserError
-
             raise UserError(f"{source}: not found; give a dataset TOML, a media folder or a .jsonl file")
+        if source.is_file() and source.suffix.lower() != ".jsonl":
+            raise UserError(f"{source}: not a dataset TOML, media folder or .jsonl file")
         cfg = folder_config(source, args.variant)
     report = check_dataset(cfg, batch_size=args.batch_size, strict=True if args.strict else None)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))

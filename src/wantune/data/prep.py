@@ -58,6 +58,8 @@ class PrepOptions:
                             f"positive (multiples of 16 suit the Wan VAE)")
         if self.min_frames < 1:
             raise UserError(f"--min-frames {self.min_frames}: must be at least 1")
+        if self.max_seconds < 0:
+            raise UserError(f"--max-seconds {self.max_seconds}: must be 0 (no limit) or positive")
 
 
 @dataclass
