@@ -47,12 +47,25 @@ class CacheJob:
         vae = pick(args.vae, "vae")
         if vae is None:
             raise UserError(f"{path}: no VAE given; pass --vae PATH or set [model] vae")
-        device = args.device or _default_device()
+        device = _check_device(args.device) if args.device else _default_device()
         dop = data.get("regularisation", {}).get("dop", {})
         return cls(dataset, pick(args.cache_dir, "cache_dir", section) or base / "cache", vae,
                    pick(args.text_encoder, "text_encoder"), pick(args.tokenizer, "tokenizer"), pick(args.clip, "clip"),
                    args.variant or model.get("variant"), device, args.dtype,
                    (dop.get("trigger", ""), dop.get("class_word", "")) if dop.get("enabled") else None)
+
+
+def _check_device(name: str) -> str:
+    """`name` when torch knows it as a device this machine has; else a one-line error."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: not a device; use cuda, cuda:N or cpu") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return name
 
 
 def _default_device() -> str:
