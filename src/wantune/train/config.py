@@ -314,6 +314,27 @@ class DistributedConfig:
 
 
 @dataclass
+class PerformanceConfig:
+    """The fast path of docs/performance.md, applied to the built model (after the LoRA, before data parallel)."""
+
+    fp8_base: bool = False
+    """Frozen base Linear weights of the blocks stored fp8 (one scale per row) with fp8 matmuls; LoRA only."""
+    attention: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"
+    """SDPA backend of the blocks (auto = PyTorch's choice; cudnn was fastest on H200; cudnn/efficient need CUDA)."""
+    checkpointing: Literal["auto", "full", "selective", "none"] = "auto"
+    """full recomputes each block; selective keeps the self-attention outputs; auto = training.gradient_checkpointing."""
+    compile_blocks: bool = False
+    """torch.compile the blocks' fused elementwise kernels (norms, q/k norm + RoPE, gated residuals)."""
+    block_swap: int = 0
+    """Frozen weights of the first N blocks live in pinned CPU memory, streamed to the GPU per block (LoRA only)."""
+    offload_activations: bool = False
+    """Keep each checkpointed block's saved tensors in pinned CPU memory (needs checkpointing)."""
+
+    def validate(self) -> None:
+        require(self.block_swap >= 0, "performance.block_swap: must be >= 0 (blocks kept in CPU memory)")
+
+
+@dataclass
 class TrainingConfig:
     """Run length, batch and numerics."""
 
@@ -330,7 +351,7 @@ class TrainingConfig:
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
     """Autocast dtype (fp16 uses loss scaling)."""
     gradient_checkpointing: bool = False
-    """Recompute each block in the backward pass (~30% less memory, slower)."""
+    """Recompute each block in the backward pass (~30% less memory, slower); performance.checkpointing wins if set."""
     seed: int = 42
     """Seed of everything random in the run."""
     device: str = "auto"
@@ -363,6 +384,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(steps=100))
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     preset: str | None = None
     """The preset laid under this config (character, style, motion, domain), for the record."""
 
@@ -377,9 +399,30 @@ class TrainConfig:
         if self.distributed.strategy == "fsdp" and self.network.type == "lora":
             raise UserError("distributed.strategy = fsdp: supported for network.type = full only; "
                             "use ddp (or auto) for LoRA")
+        self.validate_performance()
         if not self.model.tiny:
             require(self.model.checkpoint or (self.model.checkpoint_high and self.model.checkpoint_low),
                     "model.checkpoint: set the transformer weights (or model.tiny = true for a demo)")
+
+    def validate_performance(self) -> None:
+        perf = self.performance
+        if perf.fp8_base and self.network.type == "full":
+            raise UserError("performance.fp8_base: stores the frozen base weights in fp8, for network.type = lora "
+                            "only (full fine-tuning trains them); set it to false")
+        if perf.block_swap and (self.network.type == "full" or self.distributed.strategy == "fsdp"):
+            raise UserError("performance.block_swap: streams frozen base weights, for LoRA only (not full "
+                            "fine-tuning / FSDP, which shards the weights instead); set it to 0")
+        if perf.offload_activations and self.checkpoint_mode == "none":
+            raise UserError("performance.offload_activations: offloads what checkpointed blocks save; set "
+                            "performance.checkpointing to full or selective")
+
+    @property
+    def checkpoint_mode(self) -> str:
+        """performance.checkpointing with auto resolved from training.gradient_checkpointing (full or none)."""
+        mode = self.performance.checkpointing
+        if mode == "auto":
+            return "full" if self.training.gradient_checkpointing else "none"
+        return mode
 
     def check_files(self) -> None:
         """Checks that read files (after paths are resolved): the previews' prompt file and its images."""

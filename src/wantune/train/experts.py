@@ -16,6 +16,7 @@ from wantune.models.variants import TINY, WanVariant, get_variant
 from wantune.train.config import TrainConfig
 from wantune.train.loop import TrainUnit
 from wantune.train.objective import SigmaRange, config_range
+from wantune.train.performance import apply_performance
 from wantune.train.optim import build_optimizer, build_scheduler, param_groups
 from wantune.train.regularise import EMA
 
@@ -83,13 +84,16 @@ def plan_offload(cfg: TrainConfig, models: dict[str, nn.Module], device: torch.d
     if cfg.experts.offload_inactive:
         return True
     needed = sum(p.numel() * p.element_size() for m in models.values() for p in m.parameters())
+    perf = cfg.performance  # applied later: fp8 halves the block weights, swapped blocks stay on the CPU
+    layers = len(next(iter(models.values())).blocks)
+    needed *= (0.5 if perf.fp8_base else 1.0) * (1 - min(perf.block_swap, layers) / layers)
     free = torch.cuda.mem_get_info(device)[0]
     return needed * (1.0 if cfg.network.type == "lora" else 3.0) > 0.7 * free
 
 
 def build_unit(name: str, model: nn.Module, cfg: TrainConfig, variant: WanVariant, total_steps: int,
                device: torch.device, on_device: bool = True, strategy: str = "none") -> TrainUnit:
-    """Wrap one model for training: LoRA or full, checkpointing, data parallel, optimiser, schedule, EMA.
+    """Wrap one model for training: LoRA or full, `[performance]` (checkpointing...), data parallel, optimiser, schedule, EMA.
 
     `on_device=False` leaves it on the CPU (an offloaded expert; `ExpertSchedule` moves it when active).
     `strategy` (`wantune.dist.parallel`): "ddp" wraps the model for the forward, "fsdp" shards it in place.
@@ -107,10 +111,7 @@ def build_unit(name: str, model: nn.Module, cfg: TrainConfig, variant: WanVarian
     else:
         model.requires_grad_(True)
         named = list(model.named_parameters())
-    if cfg.training.gradient_checkpointing:
-        from wantune.perf.checkpointing import apply_gradient_checkpointing
-
-        apply_gradient_checkpointing(model)
+    apply_performance(model, cfg, device)  # fp8, fused kernels, attention, checkpointing, block swap
     runner = None
     if strategy == "fsdp":
         from wantune.dist.parallel import shard_fsdp

@@ -26,6 +26,7 @@ from wantune.train.diagnostics import Diagnostics, lora_update_norm
 from wantune.train.experts import ExpertSchedule, build_models, build_unit, plan_offload, run_variant
 from wantune.train.logging import MetricsLog, NullLog, progress_bar
 from wantune.train.loop import StepContext, StepResult, TrainUnit, train_step
+from wantune.train.performance import memory_line
 from wantune.train.sources import RunData, build_data
 from wantune.train.state import (checkpoint_dir, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint,
                                  save_final)
@@ -59,6 +60,9 @@ def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
         unit = experts.unit_for(step)
         epochs_before = data.completed_epochs
         micro_batches = [data.loader.next_batch() for _ in range(cfg.training.grad_accumulation)]
+        if step == start:
+            run.log.message(memory_line(cfg, variant, micro_batches[0]["latents_BCFHW"], device,
+                                        idle_experts=int(len(units) > 1 and not offload)))
         result = train_step(unit, micro_batches, ctx)
         run.after_step(step + 1, unit, result, data.completed_epochs > epochs_before, bar)
         bar.update(1)

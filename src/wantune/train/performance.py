@@ -1,0 +1,106 @@
+"""The fast path in training (`[performance]`, docs/performance.md), applied to a built model.
+
+`apply_performance(model, cfg, device)` runs after `apply_lora` and before the model moves to the device or is
+wrapped for data parallel, in this order: fp8 base weights (`perf.fp8`) -> fused block kernels (`perf.compile`)
+-> attention backend per block -> block swap (`perf.blockswap`) + the checkpointing wrapper (`perf.ac_policy`,
+or the plain `perf.checkpointing` when nothing else is asked). `memory_line` is the estimate printed before
+the first step.
+
+Legend: B batch, C channels, F/H/W latent frames/height/width.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from wantune.errors import UserError
+from wantune.train.config import TrainConfig
+
+CPU_BACKENDS = ("auto", "flash", "math")
+"""SDPA backends that run on the CPU."""
+
+
+def apply_performance(model: nn.Module, cfg: TrainConfig, device: torch.device):
+    """Apply `[performance]` (and training.gradient_checkpointing) to `model`; returns its BlockSwapper or None."""
+    perf = cfg.performance
+    if perf.fp8_base:
+        from wantune.perf.fp8 import compile_quantize, quantize_linears_fp8
+
+        compile_quantize(perf.compile_blocks and device.type == "cuda")
+        quantize_linears_fp8(model)
+    if perf.compile_blocks:
+        from wantune.perf.compile import install_fast_blocks
+
+        install_fast_blocks(model, compile=True)
+    if perf.attention != "auto":
+        use_attention_backend(model, perf.attention, device)
+    swapper = None
+    if perf.block_swap:
+        from wantune.perf.blockswap import BlockSwapper
+
+        if perf.block_swap > len(model.blocks):
+            raise UserError(f"performance.block_swap = {perf.block_swap}: the model has {len(model.blocks)} blocks; "
+                            "use at most that")
+        swapper = BlockSwapper(model, perf.block_swap, device)
+    mode = cfg.checkpoint_mode
+    if mode == "full" and swapper is None and not perf.offload_activations:
+        from wantune.perf.checkpointing import apply_gradient_checkpointing
+
+        apply_gradient_checkpointing(model)
+    elif mode != "none" or swapper is not None:
+        from wantune.perf.ac_policy import wrap_blocks
+
+        wrap_blocks(model, save_attention=mode == "selective", offload=perf.offload_activations, swapper=swapper,
+                    checkpointing=mode != "none")
+    return swapper
+
+
+def use_attention_backend(model: nn.Module, name: str, device: torch.device) -> None:
+    """Run every block's forward (and its checkpoint recompute) under SDPA backend `name`."""
+    if device.type != "cuda" and name not in CPU_BACKENDS:
+        raise UserError(f"performance.attention = {name}: needs a CUDA GPU; use auto, flash or math on the CPU")
+    for block in model.blocks:
+        block.forward = functools.partial(_with_backend, block.forward, name)
+
+
+def _with_backend(plain, name: str, *args, **kwargs):
+    from wantune.perf.micro import backend_context
+
+    with backend_context(name):
+        return plain(*args, **kwargs)
+
+
+def memory_line(cfg: TrainConfig, variant, latents_BCFHW: torch.Tensor, device: torch.device,
+                idle_experts: int = 0) -> str:
+    """"this config needs about N GiB; you have M" for one step on this batch's shape (LoRA training)."""
+    from wantune.perf.memory import GIB, estimate_memory, memory_message
+
+    if cfg.network.type != "lora":
+        return "memory estimate: covers LoRA training only (not printed for full fine-tuning)"
+    B, _, F, H, W = latents_BCFHW.shape
+    st, sh, sw = variant.vae_stride
+    pt, ph, pw = variant.patch_size
+    H, W = -(-H // ph) * ph, -(-W // pw) * pw  # whole patches
+    perf = cfg.performance
+    est = estimate_memory(variant, (F - 1) * st + 1, H * sh, W * sw, batch=B, rank=cfg.network.rank,
+                          precision="fp8" if perf.fp8_base else "bf16", block_swap=perf.block_swap,
+                          save_attention=cfg.checkpoint_mode == "selective",
+                          offload=perf.offload_activations)
+    if cfg.checkpoint_mode == "none":  # every block keeps all its activations
+        from wantune.perf.memory import block_activation_bytes
+
+        tokens = B * (F // pt) * (H // ph) * (W // pw)
+        est.parts["unchecked_blocks"] = variant.num_layers * block_activation_bytes(variant, tokens)
+    if idle_experts:
+        est.parts["idle_expert_weights"] = idle_experts * est.parts["frozen_weights"]
+    if device.type != "cuda":
+        return f"memory estimate: on a CUDA GPU this config would need about {est.total_gib:.1f} GiB " \
+               "(training on the CPU here)"
+    line = memory_message(est, torch.cuda.get_device_properties(device).total_memory / GIB)
+    if "(too little" in line:
+        line = line.split(" (too little")[0] + " (too little: set performance.fp8_base, performance.block_swap = N, " \
+            "performance.offload_activations, or train on fewer frames / a smaller size)"
+    return line
