@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from wantune.cache.loader import collate
 from wantune.train.loop import StepContext, TrainUnit, to_device
 from wantune.train.objective import forward_model, make_inputs, masked_mse_B, stack_context
-from wantune.train.sources import collate
 
 
 @torch.no_grad()
