@@ -49,6 +49,10 @@ CASES = {
     "cache: bad --device": ["cache", "dataset.toml", "--vae", VAE, "--device", "tpu9"],
     "train: missing config": ["train", "missing.toml"],
     "train: unknown key": ["train", "bad_key.toml"],
+    "argparse: not an int": [*GENERATE, "--steps", "abc"],
+    "argparse: bad choice": ["cache", "dataset.toml", "--dtype", "fp64"],
+    "argparse: missing required": ["lora", "convert", "missing.safetensors"],
+    "argparse: unknown command": ["nope"],
 }
 
 

@@ -28,8 +28,15 @@ COMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `error: ...` line (exit 2) like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (`{self.prog} -h` lists the arguments)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wantune", description="Fine-tune Wan 2.1 / 2.2 video models and put the result to work.")
     parser.add_argument("--version", action="version", version=f"wantune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
