@@ -57,7 +57,8 @@ def check_clip(spec, seed: int, index: int, condition: str, workdir: Path) -> di
 def summarise(rows: list[dict]) -> dict:
     keys = ["positive"] + [f"negative_{a}" for a in ATTRIBUTES]
     right = sum(r[k] for r in rows for k in keys)
-    out = {"clips": len(rows), "judgements": len(rows) * len(keys), "accuracy": round(right / (len(rows) * len(keys)), 4)}
+    total = len(rows) * len(keys)
+    out = {"clips": len(rows), "judgements": total, "accuracy": round(right / total, 4)}
     for key in keys:
         out[f"{key}_right"] = round(sum(r[key] for r in rows) / len(rows), 4)
     return out

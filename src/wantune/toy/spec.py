@@ -7,7 +7,8 @@ A spec lists, per attribute, the options a clip draws from; each option is a val
                | rect:aspect
     color      #RRGGBB
     motion     still | linear:dx,dy (px/frame) | orbit:radius[,turns] (turns per clip, + = counter-clockwise
-               on screen) | zoom:rate (size factor per frame) | rotate:degrees (per frame, spin in place, + = counter-clockwise)
+               on screen) | zoom:rate (size factor per frame) | rotate:degrees (per frame, spin in place,
+               + = counter-clockwise)
     background solid:#RRGGBB | stripes:#A,#B,width[,angle] | checker:#A,#B,size | gradient:#A,#B[,angle]
 
 Captions come from `captions` templates with {shape} {color} {motion} {background} {trigger} fields.

@@ -221,7 +221,8 @@ def render_instance(spec: ConceptSpec, inst: Instance) -> tuple[np.ndarray, dict
     for f in range(spec.frames):
         cover = shape_coverage(shape, tuple(center[f]), float(size[f]), float(angle[f]), spec.height, spec.width)
         frames[f] = np.round(background * (1 - cover[..., None]) + color * cover[..., None]).astype(np.uint8)
-    truth = {**asdict(inst), "start": list(inst.start), "phase": list(inst.phase), "concept": spec.name, "trigger": spec.trigger, "fps": spec.fps,
+    truth = {**asdict(inst), "start": list(inst.start), "phase": list(inst.phase),
+             "concept": spec.name, "trigger": spec.trigger, "fps": spec.fps,
              "centroid": np.round(center, 3).tolist(), "radius": np.round(size, 3).tolist(),
              "angle": np.round(angle, 3).tolist()}
     return frames, truth
