@@ -35,6 +35,7 @@ CASES = {
     "generate: transformer as VAE": [*GENERATE, "--vae", T2V],
     "generate: random text encoder": [*GENERATE, "--text-encoder", "random.pth"],
     "generate: bad --steps": [*GENERATE, "--steps", "0"],
+    "generate: negative --guidance": [*GENERATE, "--guidance", "-1"],
     "generate: bad --device": [*GENERATE, "--device", "tpu9"],
     "dataset check: missing": ["dataset", "check", "missing.toml"],
     "dataset check: text file": ["dataset", "check", "notes.txt"],

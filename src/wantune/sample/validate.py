@@ -63,6 +63,10 @@ def check_request(request: PromptSpec, variant: WanVariant, out: Path) -> None:
         raise UserError(f"--steps {request.steps}: must be at least 1")
     if request.shift <= 0:
         raise UserError(f"--shift {request.shift}: must be > 0")
+    for flag, value in (("--guidance", request.guidance), ("--guidance-low", request.guidance_low)):
+        if value is not None and value < 0:
+            raise UserError(f"{flag} {value}: must be >= 0 (1 turns guidance off; the variant's default is "
+                            f"{variant.guidance})")
     _check_images(request, variant)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"{out}: --out must end in .mp4 (video) or .png (one frame)")

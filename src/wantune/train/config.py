@@ -8,7 +8,6 @@ validates cross-field rules, so that a bad run fails before any weight is loaded
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -439,12 +438,7 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     from wantune.train.presets import apply_preset
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML ({exc}); fix the file") from None
+    data = typed.read_toml(path)
     preset = next((o.partition("=")[2].strip().strip('"') for o in overrides or [] if
                    o.partition("=")[0].strip() == "preset"), data.get("preset"))
     if preset:
