@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from wantune.models.wrapper import FrozenModule
 from wantune.errors import UserError
 from wantune.models.formats import component_location, file_identity, read_component_weights
 
@@ -132,25 +133,13 @@ def clip_config_kwargs(sd: dict, num_heads: int | None = None) -> dict:
     }
 
 
-class ClipVision:
+class ClipVision(FrozenModule):
     """A loaded CLIP vision tower; `encode` gives the penultimate hidden states."""
 
     def __init__(self, model, identity: str):
         self.model = model.eval().requires_grad_(False)
         self.identity = identity
         self.image_size = model.config.image_size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device) -> "ClipVision":
-        self.model.to(device)
-        return self
 
     def preprocess(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images -> CLIP pixel values: bicubic resize to image_size, then mean/std normalised."""

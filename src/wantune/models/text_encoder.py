@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from wantune.models.wrapper import FrozenModule
 from wantune.errors import UserError
 from wantune.models import umt5_convert
 from wantune.models.formats import component_location, file_identity, read_component_weights
@@ -36,7 +37,7 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-class TextEncoder:
+class TextEncoder(FrozenModule):
     """A loaded UMT5 encoder plus its tokenizer; `encode` gives trimmed per-prompt embeddings."""
 
     def __init__(self, model, tokenizer, identity: str, text_len: int = TEXT_LEN):
@@ -46,20 +47,8 @@ class TextEncoder:
         self.text_len = text_len
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.model.shared.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.shared.weight.device
-
-    @property
     def dim(self) -> int:
         return self.model.config.d_model
-
-    def to(self, device) -> "TextEncoder":
-        self.model.to(device)
-        return self
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids_BL, mask_BL) padded to text_len, truncated, with eos; prompts cleaned first."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from wantune.models.wrapper import FrozenModule
 from wantune.errors import UserError
 from wantune.models import vae_convert
 from wantune.models.formats import component_location, file_identity, read_component_weights
@@ -55,7 +56,7 @@ class TilePlan:
     """Distance between tile starts in pixels (tile - overlap)."""
 
 
-class WanVAE:
+class WanVAE(FrozenModule):
     """A loaded Wan VAE: normalised encode, decode, and what a cache key needs."""
 
     def __init__(self, model, version: str, identity: str):
@@ -67,18 +68,6 @@ class WanVAE:
         mean, std = LATENT_STATS[version]
         self._mean_C = torch.tensor(mean, dtype=torch.float32)
         self._std_C = torch.tensor(std, dtype=torch.float32)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device) -> "WanVAE":
-        self.model.to(device)
-        return self
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, self.z_dim, 1, 1, 1)
