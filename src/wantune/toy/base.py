@@ -18,20 +18,22 @@ from pathlib import Path
 
 from wantune.toy.spec import NAMED_COLORS, POLYGON_WORDS, load_concept
 
-TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
+BASE_DIR = Path(__file__).resolve().parent / "assets" / "base"
+"""The shipped toy base model: tokenizer/, text_encoder, vae and transformer .safetensors (docs/toy.md says how
+they were made and the command that reproduces them)."""
+TOKENIZER_DIR = BASE_DIR / "tokenizer"
 """The shipped toy tokenizer (reproduced by `train_tokenizer`)."""
 
-TOY_TRANSFORMER = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=32, frames=17,
-                       fps=16, height=64, width=64, steps=30, shift=3.0, guidance=1.0)
-"""Overrides of wan2.1-t2v-1.3b that make the toy transformer: the sizes of `wantune train`'s `model.tiny`
-(the fixtures' tiny config with a 32-token text length), so `[model] tiny = true` plus a toy checkpoint trains
-it, and the toy world's inference defaults (64x64, 17 frames at 16 fps)."""
+TOY_VARIANT = "toy-t2v"
+"""The toy transformer: a real wantune variant (`wantune.models.variants`, official Wan 2.1 names at toy sizes:
+dim 128, 4 layers, 32-token text of width 32; 64x64, 17 frames at 16 fps), so configs name it like any model."""
 TOY_TEXT_ENCODER = dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
                         relative_attention_num_buckets=32)
 """UMT5 sizes of the toy text encoder (the fixtures' tiny UMT5; its width is the transformer's text_dim)."""
-TOY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+TOY_VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                temperal_downsample=[False, True, True], dropout=0.0)
-"""AutoencoderKLWan sizes of the toy VAE (the fixtures' wan21_vae_tiny config)."""
+"""AutoencoderKLWan sizes of the toy VAE (Wan 2.1 layout: 8x spatial, 4x temporal, 16 latent channels; 3.6M
+parameters). The fixtures' base_dim 8 could not rebuild the 9-13 px object (docs/toy.md)."""
 TOKENIZER_CONFIG = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>", "unk_token": "<unk>",
                     "pad_token": "<pad>", "model_max_length": 512}
 VOCAB_SIZE = 320
@@ -40,10 +42,10 @@ TOKENIZER_CONCEPTS = ("base", "character", "motion", "style", "wide")
 
 
 def toy_variant():
-    """The toy transformer's WanVariant (wan2.1-t2v-1.3b shrunk by TOY_TRANSFORMER)."""
+    """The toy transformer's WanVariant."""
     from wantune.models.variants import get_variant
 
-    return get_variant("wan2.1-t2v-1.3b", **TOY_TRANSFORMER)
+    return get_variant(TOY_VARIANT)
 
 
 def caption_corpus(per_concept: int = 400, seed: int = 0) -> list[str]:
@@ -98,15 +100,16 @@ def build_text_encoder(vocab_size: int, seed: int = 0):
     return UMT5EncoderModel(config).eval()
 
 
-def build_vae(seed: int = 0):
-    """A freshly initialised tiny Wan 2.1 VAE (diffusers AutoencoderKLWan) with the official latent stats."""
+def build_vae(seed: int = 0, **sizes):
+    """A freshly initialised tiny Wan 2.1 VAE (diffusers AutoencoderKLWan) with the official latent stats;
+    `sizes` override TOY_VAE (base_dim, dim_mult, ...)."""
     import torch
     from diffusers import AutoencoderKLWan
 
     from wantune.models.vae import WAN21_MEAN, WAN21_STD
 
     torch.manual_seed(seed)
-    return AutoencoderKLWan(**TOY_VAE, latents_mean=WAN21_MEAN, latents_std=WAN21_STD).eval()
+    return AutoencoderKLWan(**{**TOY_VAE, **sizes}, latents_mean=WAN21_MEAN, latents_std=WAN21_STD).eval()
 
 
 def build_transformer(seed: int = 0):
@@ -171,6 +174,6 @@ def build_base(out_dir: str | Path, seed: int = 0, tokenizer_dir: str | Path | N
     vocab = len(load_tokenizer(token_dir))
     save_parts(out, build_text_encoder(vocab, seed), build_vae(seed), build_transformer(seed))
     (out / "toy.json").write_text(json.dumps({
-        "variant": "wan2.1-t2v-1.3b", "overrides": TOY_TRANSFORMER, "text_encoder": TOY_TEXT_ENCODER,
+        "variant": TOY_VARIANT, "text_encoder": TOY_TEXT_ENCODER,
         "vae": TOY_VAE, "vocab_size": vocab, "seed": seed}, indent=1) + "\n")
     return out

@@ -19,7 +19,7 @@ def register_learn(bench_subparsers) -> None:
     p.add_argument("--concept", action="append", default=[], metavar="SPEC",
                    help="concept spec (.toml/.json) or built-in name; repeatable (default: character, style, "
                         "motion)")
-    p.add_argument("--base", default="toy_base", help="folder of the pre-trained toy base model")
+    p.add_argument("--base", help="folder of the pre-trained toy base model (default: the shipped one)")
     p.add_argument("--out", default="runs/bench_learn", help="where datasets, LoRAs and clips go")
     p.add_argument("--clips", type=int, default=32, help="training clips per concept")
     p.add_argument("--steps", type=int, default=600, help="LoRA training steps")
@@ -43,12 +43,15 @@ def _learn(args: argparse.Namespace) -> int:
     for spec in specs:
         if not spec.trigger:
             raise UserError(f"concept '{spec.name}': has no trigger word; a LoRA concept needs `trigger = \"...\"`")
-    check_base(Path(args.base))
+    from wantune.toy.base import BASE_DIR
+
+    base = Path(args.base) if args.base else BASE_DIR
+    check_base(base)
     settings = LearnSettings(clips=args.clips, steps=args.steps, eval_clips=args.eval_clips,
                              sample_steps=args.sample_steps, seed=args.seed, device=args.device)
-    results = [learn_concept(spec, Path(args.base), Path(args.out), settings) for spec in specs]
+    results = [learn_concept(spec, base, Path(args.out), settings) for spec in specs]
     if args.json:
-        print(json.dumps({"base": args.base, "results": results}))
+        print(json.dumps({"base": str(base), "results": results}))
         return 0
     for r in results:
         for key in ("no_dop", "dop"):

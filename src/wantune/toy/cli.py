@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("toy", help="the toy Wan world: render concept clips, judge clips",
+    p = subparsers.add_parser("toy", help="the toy Wan world: render and judge clips, the demo on the shipped toy model",
                               description="Procedural toy-world clips with exact ground truth (docs/toy.md).")
     sp = p.add_subparsers(dest="toy_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: p.print_help() or 2)
@@ -26,6 +26,10 @@ def register(subparsers) -> None:
 
     concepts = sp.add_parser("concepts", help="list the built-in concept specs")
     concepts.set_defaults(func=_concepts)
+
+    from wantune.toy.demo import register as register_demo
+
+    register_demo(sp)
 
 
 def _render(args: argparse.Namespace) -> int:

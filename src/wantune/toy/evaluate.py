@@ -14,7 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from wantune.toy.base import TOY_TRANSFORMER
+from wantune.toy.base import TOY_VARIANT
 
 
 def model_spec(base: Path, loras: list[tuple[str, float]] = ()):
@@ -23,7 +23,7 @@ def model_spec(base: Path, loras: list[tuple[str, float]] = ()):
 
     return ModelSpec(model=str(base / "transformer.safetensors"), vae=str(base / "vae.safetensors"),
                      text_encoder=str(base / "text_encoder.safetensors"), tokenizer=str(base / "tokenizer"),
-                     variant="wan2.1-t2v-1.3b", variant_overrides=dict(TOY_TRANSFORMER), loras=list(loras))
+                     variant=TOY_VARIANT, loras=list(loras))
 
 
 def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: Path | None = None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wantune.errors import UserError
+from wantune.toy.base import TOY_VARIANT
 from wantune.toy.pretrain import DATASET_TOML
 from wantune.toy.spec import ConceptSpec, concept_to_dict
 
@@ -57,7 +58,7 @@ def check_base(base: Path) -> None:
 def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bool) -> dict:
     """The `wantune train` config (as TOML-ready data, paths relative to the work folder)."""
     cfg = {
-        "model": {"variant": "wan2.1-t2v-1.3b", "tiny": True, "dtype": "fp32",
+        "model": {"variant": TOY_VARIANT, "dtype": "fp32",
                   "checkpoint": str(base / "transformer.safetensors"), "vae": str(base / "vae.safetensors"),
                   "text_encoder": str(base / "text_encoder.safetensors"), "tokenizer": str(base / "tokenizer")},
         "data": {"dataset_config": "dataset.toml", "cache_dir": "cache"},

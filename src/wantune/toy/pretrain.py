@@ -19,7 +19,7 @@ from wantune.errors import UserError
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "toy_base.toml"
 
-DATASET_TOML = """variant = "wan2.1-t2v-1.3b"
+DATASET_TOML = """variant = "toy-t2v"
 
 [[datasets]]
 path = "data"
@@ -54,8 +54,10 @@ def prepare(out: Path, clips: int, seed: int, vae: Path | None) -> Path:
 
 
 def pretrain(out: Path, clips: int = 2048, seed: int = 0, vae: Path | None = None,
-             overrides: list[str] | None = None, device: str | None = None) -> Path:
-    """Run the whole recipe; returns the trained toy base folder (out/base)."""
+             overrides: list[str] | None = None, device: str | None = None, use_ema: bool = False) -> Path:
+    """Run the whole recipe; returns the trained toy base folder (out/base). Run again on the same folder, it
+    continues from the last trained transformer (data and cache are reused). `use_ema`: keep the EMA weights
+    (`regularisation.ema_decay` > 0) rather than the last ones."""
     from wantune.cache.run import CacheJob, run_cache
     from wantune.train.config import load_train_config
     from wantune.train.recipe import main as train_main
@@ -67,7 +69,8 @@ def pretrain(out: Path, clips: int = 2048, seed: int = 0, vae: Path | None = Non
     print(run_cache(job, progress=False).summary())
     cfg = load_train_config(config, [*(overrides or []), *([f'training.device="{device}"'] if device else [])])
     files = train_main(cfg)
-    trained = next((f for f in files if f.suffix == ".safetensors"), None)
+    wanted = [f for f in files if f.suffix == ".safetensors" and f.stem.endswith("_ema") == use_ema]
+    trained = wanted[0] if wanted else None
     if trained is None:
         raise UserError(f"{out}: training wrote no .safetensors file ({', '.join(map(str, files))})")
     shutil.copyfile(trained, out / "base" / "transformer.safetensors")
@@ -83,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of examples/toy_base.toml, e.g. training.steps=20")
+    parser.add_argument("--use-ema", action="store_true", help="keep the EMA weights (needs regularisation.ema_decay)")
     args = parser.parse_args(argv)
-    print(pretrain(args.out, args.clips, args.seed, args.vae, args.overrides, args.device))
+    print(pretrain(args.out, args.clips, args.seed, args.vae, args.overrides, args.device, args.use_ema))
 
 
 if __name__ == "__main__":

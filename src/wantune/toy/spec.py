@@ -317,7 +317,7 @@ def load_concept(source: str | Path | dict) -> ConceptSpec:
     if isinstance(source, dict):
         return typed.load(ConceptSpec, source)
     path = Path(source)
-    if not path.exists() and path.suffix == "" and (CONCEPTS_DIR / f"{path.name}.toml").is_file():
+    if not path.is_file() and path.suffix == "" and (CONCEPTS_DIR / f"{path.name}.toml").is_file():
         path = CONCEPTS_DIR / f"{path.name}.toml"
     if not path.is_file():
         known = ", ".join(builtin_concepts()) or "none"

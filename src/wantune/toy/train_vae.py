@@ -74,10 +74,19 @@ class VaeTrainConfig:
     """Frames of the cheap crops trained on first."""
     short_fraction: float = 0.35
     """Fraction of the run's progress spent on short crops."""
+    object_weight: float = 4.0
+    """Extra loss weight of the pixels the object covers (it covers ~3% of the frame; unweighted, it is
+    the last thing learnt and the first blurred)."""
+    base_dim: int = 0
+    """VAE width (0: `TOY_VAE`'s)."""
+    dim_mult: list[int] = field(default_factory=list)
+    """VAE width multipliers per level (empty: `TOY_VAE`'s)."""
+    init: Path | None = None
+    """Continue from these weights (a vae.safetensors written by an earlier run; its sizes win)."""
 
 
 def _render_pool(cfg: VaeTrainConfig, count: int, seed: int, concepts=None) -> tuple[np.ndarray, list[dict]]:
-    """frames (N, F, H, W, 3) uint8 and truths, concepts taken in turn."""
+    """frames (N, F, H, W, 4) uint8 (RGB and a 0/1 object mask) and truths, concepts taken in turn."""
     concepts = concepts or cfg.concepts
     jobs = [(concepts[i % len(concepts)], seed, i) for i in range(count)]
     if count >= 64 and len(os.sched_getaffinity(0)) > 2:
@@ -89,15 +98,30 @@ def _render_pool(cfg: VaeTrainConfig, count: int, seed: int, concepts=None) -> t
 
 
 def _render_one(job: tuple[str, int, int]) -> tuple[np.ndarray, dict]:
+    from wantune.toy.world import render_background
+
     name, seed, index = job
-    return render_clip(load_concept(name), seed, index)
+    spec = load_concept(name)
+    frames, truth = render_clip(spec, seed, index)
+    background = render_background(truth["background"], spec.height, spec.width, tuple(truth["phase"]))
+    mask = (np.abs(frames.astype(np.float32) - background).max(-1, keepdims=True) > 8).astype(np.uint8)
+    return np.concatenate([frames, mask], -1), truth
 
 
 def _to_video(frames_NFHWC: np.ndarray, device):
     import torch
 
-    video = torch.from_numpy(np.ascontiguousarray(frames_NFHWC)).to(device).permute(0, 4, 1, 2, 3).float()
+    video = torch.from_numpy(np.ascontiguousarray(frames_NFHWC[..., :3])).to(device).permute(0, 4, 1, 2, 3).float()
     return video / 127.5 - 1.0
+
+
+def _weights(frames_NFHWC: np.ndarray, device, object_weight: float):
+    """Per-pixel loss weights (N, 1, F, H, W): 1 + object_weight on the object (and a pixel around it)."""
+    import torch
+
+    mask = torch.from_numpy(np.ascontiguousarray(frames_NFHWC[..., 3])).to(device).float().unsqueeze(1)
+    mask = torch.nn.functional.max_pool3d(mask, (1, 3, 3), stride=1, padding=(0, 1, 1))
+    return 1.0 + object_weight * mask
 
 
 def _augment(frames_NFHWC: np.ndarray, rng: np.random.Generator, length: int) -> np.ndarray:
@@ -119,7 +143,7 @@ def _stats(vae, device):
     return mean, std
 
 
-def _loss(vae, video, mean, std, cfg: VaeTrainConfig):
+def _loss(vae, video, weight, mean, std, cfg: VaeTrainConfig):
     import torch
 
     mu = vae.encode(video).latent_dist.mean
@@ -129,7 +153,7 @@ def _loss(vae, video, mean, std, cfg: VaeTrainConfig):
     noisy = latents + cfg.latent_noise * torch.randn_like(latents)
     recon = decode_unclamped(vae, noisy * std + mean)
     error = recon - video
-    loss = error.abs().mean() + (error ** 2).mean() + cfg.latent_weight * penalty
+    loss = (weight * (error.abs() + error ** 2)).mean() / weight.mean() + cfg.latent_weight * penalty
     return loss, {"mse": (error ** 2).mean().item(), "penalty": penalty.item()}
 
 
@@ -172,7 +196,14 @@ def train(cfg: VaeTrainConfig) -> dict:
 
     device, start = _device(cfg), time.time()
     pool, _ = _render_pool(cfg, cfg.pool, cfg.seed)
-    vae = build_vae(cfg.seed).to(device).train()
+    sizes = {**({"base_dim": cfg.base_dim} if cfg.base_dim else {}), **({"dim_mult": cfg.dim_mult} if cfg.dim_mult else {})}
+    if cfg.init is not None:
+        from wantune.models.vae import load_vae
+
+        vae = load_vae(cfg.init).model.to(device).train().requires_grad_(True)
+    else:
+        vae = build_vae(cfg.seed, **sizes).to(device).train()
+    torch.backends.cudnn.benchmark = True
     mean, std = _stats(vae, device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
@@ -183,7 +214,7 @@ def train(cfg: VaeTrainConfig) -> dict:
         short = progress < cfg.short_fraction
         frames, size = (cfg.short_frames, 2 * cfg.batch_size) if short else (cfg.train_frames, cfg.batch_size)
         batch = _augment(pool[rng.integers(len(pool), size=size)], rng, frames)
-        loss, parts = _loss(vae, _to_video(batch, device), mean, std, cfg)
+        loss, parts = _loss(vae, _to_video(batch, device), _weights(batch, device, cfg.object_weight), mean, std, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -237,6 +268,7 @@ def evaluate(vae, cfg: VaeTrainConfig, device) -> dict:
     from wantune.toy.perturb import instance_spec
 
     frames, truths = _render_pool(cfg, cfg.eval_clips, EVAL_SEED, cfg.eval_concepts)
+    frames = frames[..., :3]
     mean, std = _stats(vae, device)
     recon, latents = [], []
     with torch.no_grad():
@@ -270,11 +302,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-clips", type=int, default=50)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--train-frames", type=int, default=17)
+    parser.add_argument("--object-weight", type=float, default=4.0)
+    parser.add_argument("--base-dim", type=int, default=0, help="VAE width (default: TOY_VAE's)")
+    parser.add_argument("--dim-mult", default="", help="comma-separated width multipliers, e.g. 1,2,4,4")
+    parser.add_argument("--init", type=Path, help="continue from this vae.safetensors")
+    parser.add_argument("--short-fraction", type=float, default=0.35, help="share of the run on 5-frame crops")
     args = parser.parse_args(argv)
     metrics = train(VaeTrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, pool=args.pool,
                                    seed=args.seed, device=args.device, threads=args.threads,
                                    max_minutes=args.max_minutes, eval_clips=args.eval_clips, lr=args.lr,
-                                   train_frames=args.train_frames))
+                                   train_frames=args.train_frames, object_weight=args.object_weight,
+                                   base_dim=args.base_dim, init=args.init, short_fraction=args.short_fraction,
+                                   dim_mult=[int(x) for x in args.dim_mult.split(",") if x]))
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
 
 

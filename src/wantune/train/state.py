@@ -219,12 +219,17 @@ def save_final(run_dir: Path, cfg, units: list[TrainUnit], variant, metadata: di
             written += [path] + ([_ema_path(path)] if unit.ema is not None else [])
         else:
             weights = full_state_dict(unit.model) if is_sharded(unit.model) else unit.model.state_dict()
-            if dist.is_main():
-                tmp = path.with_name("." + path.name + ".tmp")
-                save_file({n: p.detach().cpu().contiguous() for n, p in weights.items()}, str(tmp),
-                          metadata={k: str(v) for k, v in metadata.items()})
-                os.replace(tmp, path)
-            written.append(path)
+            files = {path: weights}
+            if unit.ema is not None and not is_sharded(unit.model):  # full FT: the averaged weights, a second file
+                shadow = unit.ema.state_dict()
+                files[_ema_path(path)] = {n: shadow.get(n, w).to(w.dtype) for n, w in weights.items()}
+            for target, tensors in files.items():
+                if dist.is_main():
+                    tmp = target.with_name("." + target.name + ".tmp")
+                    save_file({n: p.detach().cpu().contiguous() for n, p in tensors.items()}, str(tmp),
+                              metadata={k: str(v) for k, v in metadata.items()})
+                    os.replace(tmp, target)
+                written.append(target)
     dist.barrier()
     return written
 

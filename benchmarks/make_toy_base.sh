@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reproduce the shipped toy base model (src/wantune/toy/assets/base/) in one command:
+#   bash benchmarks/make_toy_base.sh [WORK]          (one GPU for the VAE and the first pre-training stages)
+# These are the stages the shipped weights went through (docs/toy.md, "How the shipped weights were made").
+# The VAE stages are time-bounded (--max-minutes), so another GPU lands on a slightly different VAE; the
+# judge pass rate of its reconstructions is printed after each stage.
+set -euo pipefail
+W=${1:-out/toy_base}
+export PYTHONUNBUFFERED=1
+V="python3 -m wantune.toy.train_vae --steps 100000 --pool 1500 --batch-size 16 --eval-clips 50 --device cuda"
+mkdir -p $W
+# 1. VAE (Wan 2.1 layout, base_dim 16): from scratch, then three continuations on whole 17-frame clips.
+$V --out $W/vae1 --max-minutes 6.3 --base-dim 16 --lr 5e-4
+$V --out $W/vae2 --max-minutes 8.2 --short-fraction 0 --init $W/vae1/vae.safetensors --lr 8e-4
+$V --out $W/vae3 --max-minutes 8.0 --short-fraction 0 --init $W/vae2/vae.safetensors --lr 1.2e-3 --object-weight 8
+$V --out $W/vae4 --max-minutes 8.0 --short-fraction 0 --init $W/vae3/vae.safetensors --lr 6e-4 --object-weight 12
+# 2. Transformer (toy-t2v, full fine-tuning with wantune train on 3072 base-world clips), three stages.
+T="--set training.batch_size=32 --set data.caption_dropout=0.1 --set logging.progress_bar=false"
+python3 -m wantune.toy.pretrain --out $W/pre --clips 3072 --vae $W/vae4/vae.safetensors --device cuda \
+  $T --set training.steps=4000 --set optimizer.lr=4e-4 --set saving.name=stage1
+python3 -m wantune.toy.pretrain --out $W/pre --clips 3072 --device cuda $T --set training.steps=3000 \
+  --set optimizer.lr=6e-4 --set saving.name=stage2
+python3 -m wantune.toy.pretrain --out $W/pre --clips 3072 $T --set training.steps=10000 --set optimizer.lr=5e-4 \
+  --set regularisation.ema_decay=0.999 --set saving.name=stage3 --use-ema
+# 3. The base model's prompt adherence (benchmarks/results/toy_base.json).
+python3 -m wantune.toy.evaluate --base $W/pre/base --concept base --clips 64 --seed 1000
+echo "toy base model: $W/pre/base"
