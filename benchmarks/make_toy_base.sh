@@ -21,7 +21,7 @@ python3 -m wantune.toy.pretrain --out $W/pre --clips 3072 --vae $W/vae4/vae.safe
 python3 -m wantune.toy.pretrain --out $W/pre --clips 3072 --device cuda $T --set training.steps=3000 \
   --set optimizer.lr=6e-4 --set saving.name=stage2
 python3 -m wantune.toy.pretrain --out $W/pre --clips 3072 $T --set training.steps=10000 --set optimizer.lr=5e-4 \
-  --set regularisation.ema_decay=0.999 --set saving.name=stage3 --use-ema
+  --set regularisation.ema_decay=0.999 --set saving.name=stage3
 # 3. The base model's prompt adherence (benchmarks/results/toy_base.json).
 python3 -m wantune.toy.evaluate --base $W/pre/base --concept base --clips 64 --seed 1000
 echo "toy base model: $W/pre/base"
