@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from wantune.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -35,8 +38,17 @@ def parse_lora_arg(text: str) -> tuple[str, float]:
         try:
             return path, float(tail)
         except ValueError:
-            pass
+            if not any(c in tail for c in "/\\") and not Path(text).exists():  # not a drive or path colon
+                raise UserError(f"LoRA '{text}': strength '{tail}' is not a number; write FILE:0.8") from None
     return text, 1.0
+
+
+def _refuse_overwrite(out: str, *inputs: str) -> None:
+    """One line instead of overwriting an input file with the output."""
+    target = Path(out).resolve()
+    for item in inputs:
+        if Path(item).resolve() == target:
+            raise UserError(f"-o {out}: is also an input file; write the output to another path")
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -49,6 +61,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from wantune.lora.io import load_lora, write_lora
 
+    _refuse_overwrite(args.out, args.file)
     weights = load_lora(args.file)
     out = write_lora(args.out, weights, args.to)
     print(f"wrote {out} ({args.to} layout, {len(weights.modules)} modules)")
@@ -60,6 +73,7 @@ def run_merge(args: argparse.Namespace) -> int:
     from wantune.lora.merge import merge_into_state_dict, read_base_state_dict, write_checkpoint
 
     loras = [(load_lora(path), strength) for path, strength in map(parse_lora_arg, args.lora)]
+    _refuse_overwrite(args.out, args.model, *(w.source for w, _ in loras))
     state_dict = read_base_state_dict(args.model)
     for weights, strength in loras:
         merge_into_state_dict(state_dict, weights, strength)
