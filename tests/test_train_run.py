@@ -69,8 +69,9 @@ def test_full_finetune_ti2v_with_ema_writes_a_loadable_model(tmp_path):
                optimizer={"lr": 1e-3}, data={"synthetic": {"samples": 4, "frames": 2}},
                regularisation={"ema_decay": 0.9}, training={"steps": 3, "batch_size": 2})
     files = main(cfg)
-    assert [f.name for f in files] == ["wan2.2_ti2v_run_v1.safetensors"]
-    state = load_file(str(files[0]))
+    assert [f.name for f in files] == ["wan2.2_ti2v_run_v1.safetensors", "wan2.2_ti2v_run_v1_ema.safetensors"]
+    state, ema = load_file(str(files[0])), load_file(str(files[1]))
+    assert ema.keys() == state.keys() and not torch.equal(ema["blocks.0.ffn.0.weight"], state["blocks.0.ffn.0.weight"])
     variant = run_variant(cfg)
     model = WanModel(variant)
     model.load_state_dict(state, strict=True)

@@ -220,8 +220,8 @@ def save_final(run_dir: Path, cfg, units: list[TrainUnit], variant, metadata: di
         else:
             weights = full_state_dict(unit.model) if is_sharded(unit.model) else unit.model.state_dict()
             files = {path: weights}
-            if unit.ema is not None and not is_sharded(unit.model):  # full FT: the averaged weights, a second file
-                shadow = unit.ema.state_dict()
+            if unit.ema is not None:  # full fine-tuning: the averaged weights as a second model file
+                shadow = {n: _gathered(t) for n, t in unit.ema.shadow.items()}  # collective when sharded
                 files[_ema_path(path)] = {n: shadow.get(n, w).to(w.dtype) for n, w in weights.items()}
             for target, tensors in files.items():
                 if dist.is_main():
@@ -232,6 +232,12 @@ def save_final(run_dir: Path, cfg, units: list[TrainUnit], variant, metadata: di
                 written.append(target)
     dist.barrier()
     return written
+
+
+def _gathered(tensor: torch.Tensor) -> torch.Tensor:
+    """A whole CPU tensor: FSDP2 shards (DTensor) are all-gathered first (every rank must call this)."""
+    full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    return full.detach().cpu()
 
 
 def _ema_path(path: Path) -> Path:
