@@ -35,14 +35,12 @@ def _learn(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from wantune.errors import UserError
-    from wantune.toy.learn import LearnSettings, check_base, learn_concept
+    from wantune.toy.learn import LearnSettings, check_base, learn_concept, require_trigger
     from wantune.toy.spec import load_concept
 
     specs = [load_concept(c) for c in (args.concept or DEFAULT_TASKS)]
     for spec in specs:
-        if not spec.trigger:
-            raise UserError(f"concept '{spec.name}': has no trigger word; a LoRA concept needs `trigger = \"...\"`")
+        require_trigger(spec)
     from wantune.toy.base import BASE_DIR
 
     base = Path(args.base) if args.base else BASE_DIR

@@ -45,11 +45,12 @@ def loss_svg(losses: list[float], title: str) -> str:
 def run_demo(out: Path, base: Path, settings: LearnSettings, concept: str = "motion", clips: int = 4) -> dict:
     """Train the concept's LoRA on the toy base, write before/after clips and the loss plot; returns a summary."""
     from wantune.toy.evaluate import adherence
-    from wantune.toy.learn import check_base, train_lora
+    from wantune.toy.learn import check_base, require_trigger, train_lora
     from wantune.toy.spec import load_concept
 
     start = time.time()
     spec = load_concept(concept)
+    require_trigger(spec)
     check_base(base)
     lora, _ = train_lora(spec, base, out, settings, dop=False)
     rows = [json.loads(line) for line in (lora.parent / "metrics.jsonl").read_text().splitlines()]

@@ -55,6 +55,12 @@ def check_base(base: Path) -> None:
                         f"make it with `python -m wantune.toy.pretrain` (docs/toy.md)")
 
 
+def require_trigger(spec: ConceptSpec) -> None:
+    """One line for a concept a LoRA cannot be trained on: it names no trigger word."""
+    if not spec.trigger:
+        raise UserError(f"concept '{spec.name}': has no trigger word; a LoRA concept needs `trigger = \"...\"`")
+
+
 def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bool) -> dict:
     """The `wantune train` config (as TOML-ready data, paths relative to the work folder)."""
     cfg = {
@@ -105,8 +111,7 @@ def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSetti
     """The learn figures of one concept, with and without DOP."""
     from wantune.toy.evaluate import adherence
 
-    if not spec.trigger:
-        raise UserError(f"concept '{spec.name}': has no trigger word; a LoRA concept needs `trigger = \"...\"`")
+    require_trigger(spec)
     check_base(base)
     start = time.time()
     spec_file = out / spec.name / "concept.json"
