@@ -14,14 +14,19 @@ $V --out $W/vae1 --max-minutes 6.3 --base-dim 16 --lr 5e-4
 $V --out $W/vae2 --max-minutes 8.2 --short-fraction 0 --init $W/vae1/vae.safetensors --lr 8e-4
 $V --out $W/vae3 --max-minutes 8.0 --short-fraction 0 --init $W/vae2/vae.safetensors --lr 1.2e-3 --object-weight 8
 $V --out $W/vae4 --max-minutes 8.0 --short-fraction 0 --init $W/vae3/vae.safetensors --lr 6e-4 --object-weight 12
-# 2. Transformer (toy-t2v, full fine-tuning with wantune train on 3072 base-world clips), three stages.
-T="--set training.batch_size=32 --set data.caption_dropout=0.1 --set logging.progress_bar=false"
-python3 -m wantune.toy.pretrain --out $W/pre --clips 3072 --vae $W/vae4/vae.safetensors --device cuda \
-  $T --set training.steps=4000 --set optimizer.lr=4e-4 --set saving.name=stage1
-python3 -m wantune.toy.pretrain --out $W/pre --clips 3072 --device cuda $T --set training.steps=3000 \
-  --set optimizer.lr=6e-4 --set saving.name=stage2
-python3 -m wantune.toy.pretrain --out $W/pre --clips 3072 $T --set training.steps=10000 --set optimizer.lr=5e-4 \
-  --set regularisation.ema_decay=0.999 --set saving.name=stage3
+# 2. Transformer (toy-t2v: dim 256, 6 layers; full fine-tuning with wantune train on 8192 base-world clips),
+#    three cosine stages, each continuing from the previous stage's EMA weights (about 15 H200 minutes in all).
+T="--set training.batch_size=128 --set data.caption_dropout=0.05 --set logging.progress_bar=false
+   --set regularisation.ema_decay=0.999 --set data.cache_in_memory=true --set schedule.warmup_ratio=0 --use-ema"
+P="python3 -m wantune.toy.pretrain --out $W/pre --clips 8192 --workers 14 --device cuda $T"
+$P --vae $W/vae4/vae.safetensors --set training.steps=2 --set schedule.name=constant --set saving.name=warm
+$P --set training.steps=3200 --set optimizer.lr=4e-4 --set saving.name=stage1
+$P --set training.steps=5400 --set optimizer.lr=5e-4 --set saving.name=stage2
+$P --set training.steps=2600 --set optimizer.lr=3e-4 --set saving.name=stage3
+# Shipped in bfloat16 (computed in float32 on the CPU): transformer and VAE.
+python3 -c "import sys,torch; from safetensors.torch import load_file, save_file
+for f in sys.argv[1:]: save_file({k: v.to(torch.bfloat16) for k, v in load_file(f).items()}, f)" \
+  $W/pre/base/transformer.safetensors $W/pre/base/vae.safetensors
 # 3. The base model's prompt adherence (benchmarks/results/toy_base.json).
-python3 -m wantune.toy.evaluate --base $W/pre/base --concept base --clips 64 --seed 1000
+python3 -m wantune.toy.evaluate --base $W/pre/base --concept base --clips 32 --seed 1000
 echo "toy base model: $W/pre/base"

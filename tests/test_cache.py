@@ -138,6 +138,25 @@ def test_loader_resumes_exactly_and_shards(tmp_path, capsys):
     assert got[0] != got[1]
 
 
+def test_memory_store_gives_the_same_batches_and_reads_each_file_once(tmp_path, capsys):
+    from wantune.cache.loader import MemoryStore
+
+    cfg = _dataset(tmp_path)
+    _cache(cfg, capsys)
+    _, store, entries = _entries(cfg)
+    reads = []
+    disk_load = store.load
+    store.load = lambda kind, key: reads.append((kind, key)) or disk_load(kind, key)
+    plain = CachedLoader(CacheStore(store.root), entries, batch_size=1, seed=5, prefetch=False)
+    kept = CachedLoader(MemoryStore(store), entries, batch_size=1, seed=5, prefetch=True)
+    for _ in range(3 * plain.batches_per_epoch):
+        a, b = plain.next_batch(), kept.next_batch()
+        assert a["sample_id"] == b["sample_id"]
+        torch.testing.assert_close(a["latents_BCFHW"], b["latents_BCFHW"], rtol=0, atol=0)
+        torch.testing.assert_close(a["context"][0], b["context"][0], rtol=0, atol=0)
+    assert len(reads) == len(set(reads)) > 0  # three epochs, one read per file
+
+
 def test_batches_group_by_shape(tmp_path, capsys):
     cfg = _dataset(tmp_path, extra="num_repeats = 2\n")
     _cache(cfg, capsys)

@@ -18,6 +18,11 @@ from wantune.cache.keys import cond_kind, flips_of, latent_key, text_key
 from wantune.cache.store import CacheStore
 
 
+BATCH_PIXELS = 1 << 22
+"""Clips are batched for the VAE only while the batch holds at most this many pixels (frames x H x W), so a
+full-size clip is still encoded alone (its memory plan is per clip)."""
+
+
 @dataclass
 class CacheReport:
     """What a cache run did."""
@@ -68,34 +73,91 @@ def encode_sample(sample, flip, variant, vae, clip=None) -> dict[str, torch.Tens
 
 
 def cache_latents(samples, variant, store: CacheStore, vae, clip=None, rank: int = 0, world: int = 1,
-                  progress: bool = True, report: CacheReport | None = None) -> CacheReport:
-    """Encode every (sample, flip) of this rank's share that the store does not hold yet."""
+                  progress: bool = True, report: CacheReport | None = None, batch_size: int = 32) -> CacheReport:
+    """Encode every (sample, flip) of this rank's share that the store does not hold yet. Consecutive samples
+    of one shape without image conditioning are encoded `batch_size` at a time (one VAE call: the per-call
+    cost dominates for small clips); image-conditioned samples go one by one."""
     from tqdm import tqdm
 
+    from wantune.data.samples import load_sample_pixels
     from wantune.errors import UserError
 
     report = report or CacheReport()
     clip_id = getattr(clip, "identity", "") if variant.has_image_embedding else ""
     todo = [(s, f) for s in shard(samples, rank, world) for f in flips_of(s)]
     start = time.perf_counter()
-    bar = tqdm(todo, desc="latents", unit="item", disable=not progress, dynamic_ncols=True)
-    for sample, flip in bar:
-        key = latent_key(sample.sample_id, flip, cond_kind(variant.model_type, sample.control_frames),
-                         vae.identity, clip_id)
-        if store.has("latents", key):
-            report.latents_reused += 1
-            continue
-        try:
-            entry = encode_sample(sample, flip, variant, vae, clip)
-        except UserError as exc:
-            report.failed.append((str(sample.path), str(exc)))
-            continue
+    pending: list[tuple] = []  # (sample, flip, key, pixels_CFHW) waiting for one batched encode
+
+    def save(sample, flip, key, entry):
         store.save("latents", key, entry, {"sample_id": sample.sample_id, "path": sample.path,
                                            "frames": list(sample.frame_indices), "bucket": list(sample.bucket),
                                            "flip": list(flip)})
         report.latents_encoded += 1
+
+    def flush():
+        if not pending:
+            return
+        try:
+            latents_BCFHW = vae.encode(torch.stack([p[3] for p in pending])).float()
+        except UserError as exc:
+            report.failed.extend((str(p[0].path), str(exc)) for p in pending)
+        else:
+            for (sample, flip, key, _), latents in zip(pending, latents_BCFHW):
+                save(sample, flip, key, {"latents": latents.clone()})
+        pending.clear()
+
+    work = []
+    for sample, flip in todo:
+        kind = cond_kind(variant.model_type, sample.control_frames)
+        key = latent_key(sample.sample_id, flip, kind, vae.identity, clip_id)
+        if store.has("latents", key):
+            report.latents_reused += 1
+        else:
+            work.append((sample, flip, kind, key))
+
+    def pixels(item):  # decoded on worker threads, ahead of the encoder
+        sample, flip, kind, _ = item
+        return _flip(load_sample_pixels(sample), flip) if kind == "none" and batch_size > 1 else None
+
+    bar = tqdm(total=len(work), desc="latents", unit="item", disable=not progress, dynamic_ncols=True)
+    for (sample, flip, kind, key), decoded in _prefetched(work, pixels):
+        bar.update(1)
+        try:
+            if kind == "none" and batch_size > 1:
+                pixels_CFHW = decoded.result()
+                if pending and pending[0][3].shape != pixels_CFHW.shape:
+                    flush()
+                pending.append((sample, flip, key, pixels_CFHW))
+                if len(pending) >= min(batch_size, max(1, BATCH_PIXELS // pixels_CFHW[0].numel())):
+                    flush()
+                continue
+            entry = encode_sample(sample, flip, variant, vae, clip)
+        except UserError as exc:
+            report.failed.append((str(sample.path), str(exc)))
+            continue
+        save(sample, flip, key, entry)
+    flush()
     report.seconds += time.perf_counter() - start
     return report
+
+
+def _prefetched(items: list, load, ahead: int = 8, workers: int = 4):
+    """(item, Future of load(item)) in order, with up to `ahead` loads running on `workers` threads."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        window, rest = deque(), iter(items)
+        for item in rest:
+            window.append((item, pool.submit(load, item)))
+            if len(window) >= ahead:
+                break
+        while window:
+            item, future = window.popleft()
+            following = next(rest, None)
+            if following is not None:
+                window.append((following, pool.submit(load, following)))
+            yield item, future
 
 
 def cache_texts(captions: list[str], store: CacheStore, text_encoder, rank: int = 0, world: int = 1,

@@ -63,6 +63,27 @@ def cached_entries(samples, store: CacheStore) -> list[CacheEntry]:
     return entries
 
 
+class MemoryStore:
+    """A CacheStore whose `load` keeps what it read (one dict of tensors per key); everything else passes
+    through. The tensors are shared between batches: `collate` stacks them into new ones."""
+
+    def __init__(self, store: CacheStore):
+        self._store, self._kept = store, {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def load(self, kind: str, key: str) -> dict:
+        with self._lock:
+            if (kind, key) in self._kept:
+                return self._kept[kind, key]
+        tensors = self._store.load(kind, key)
+        with self._lock:
+            self._kept[kind, key] = tensors
+        return tensors
+
+
 def load_entry(store: CacheStore, entry: CacheEntry, flip: int = 0, drop_caption: bool = False) -> dict:
     """One sample dict (`latents_CFHW`, `context_LD`, `cond_CFHW`, `clip_KD`, `weight`, `sample_id`)."""
     tensors = store.load("latents", entry.latent_keys[flip])

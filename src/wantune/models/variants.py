@@ -118,7 +118,7 @@ VARIANTS: dict[str, WanVariant] = {
         WanVariant("wan2.2-ti2v-5b", "wan2.2", "ti2v", dim=3072, ffn_dim=14336, num_heads=24, num_layers=30,
                    in_dim=48, out_dim=48, vae="2.2", shift=5.0, steps=50, guidance=5.0, frames=121, fps=24,
                    height=704, width=1280),
-        WanVariant("toy-t2v", "wan2.1", "t2v", dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=16,
+        WanVariant("toy-t2v", "wan2.1", "t2v", dim=256, ffn_dim=1024, num_heads=8, num_layers=6, in_dim=16,
                    out_dim=16, vae="2.1", shift=3.0, steps=30, guidance=1.0, frames=17, fps=16, height=64, width=64,
                    text_dim=32, text_len=32, negative_prompt=""),
     ]

@@ -26,7 +26,7 @@ TOKENIZER_DIR = BASE_DIR / "tokenizer"
 
 TOY_VARIANT = "toy-t2v"
 """The toy transformer: a real wantune variant (`wantune.models.variants`, official Wan 2.1 names at toy sizes:
-dim 128, 4 layers, 32-token text of width 32; 64x64, 17 frames at 16 fps), so configs name it like any model."""
+dim 256, 6 layers, 32-token text of width 32; 64x64, 17 frames at 16 fps), so configs name it like any model."""
 TOY_TEXT_ENCODER = dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
                         relative_attention_num_buckets=32)
 """UMT5 sizes of the toy text encoder (the fixtures' tiny UMT5; its width is the transformer's text_dim)."""
@@ -112,14 +112,15 @@ def build_vae(seed: int = 0, **sizes):
     return AutoencoderKLWan(**{**TOY_VAE, **sizes}, latents_mean=WAN21_MEAN, latents_std=WAN21_STD).eval()
 
 
-def build_transformer(seed: int = 0):
-    """A freshly initialised toy WanModel (float32)."""
+def build_transformer(seed: int = 0, variant: str = TOY_VARIANT):
+    """A freshly initialised toy WanModel (float32) of `variant`."""
     import torch
 
     from wantune.models.transformer import WanModel
+    from wantune.models.variants import get_variant
 
     torch.manual_seed(seed)
-    model = WanModel(toy_variant())
+    model = WanModel(get_variant(variant))
     _init_weights(model)
     return model.eval()
 

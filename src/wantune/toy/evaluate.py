@@ -17,13 +17,19 @@ from pathlib import Path
 from wantune.toy.base import TOY_VARIANT
 
 
-def model_spec(base: Path, loras: list[tuple[str, float]] = ()):
-    """The wantune generate ModelSpec of a toy base folder (plus LoRAs)."""
+def model_spec(base: Path, loras: list[tuple[str, float]] = (), variant: str | None = None):
+    """The wantune generate ModelSpec of a toy base folder (plus LoRAs); `variant` defaults to toy.json's, else
+    the shipped toy variant."""
     from wantune.sample.pipeline import ModelSpec
 
     return ModelSpec(model=str(base / "transformer.safetensors"), vae=str(base / "vae.safetensors"),
                      text_encoder=str(base / "text_encoder.safetensors"), tokenizer=str(base / "tokenizer"),
-                     variant=TOY_VARIANT, loras=list(loras))
+                     variant=variant or _folder_variant(base), loras=list(loras))
+
+
+def _folder_variant(base: Path) -> str:
+    info = base / "toy.json"
+    return json.loads(info.read_text()).get("variant", TOY_VARIANT) if info.is_file() else TOY_VARIANT
 
 
 def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: Path | None = None,
@@ -46,7 +52,7 @@ def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out) if out else Path(tmp)
         paths = generate(model_spec(Path(base), loras), requests, folder / "clip.mp4",
-                         RunSettings(device=device, progress=False))
+                         RunSettings(device=device, dtype="fp32", progress=False))
         verdicts = [judge_video(p, instance_spec(spec, dataclasses.asdict(inst))) for p, inst in zip(paths, instances)]
     per_attr = {a: round(sum(v.passed[a] for v in verdicts) / len(verdicts), 4)
                 for a in ("shape", "color", "motion", "background")}

@@ -31,30 +31,56 @@ frame_extraction = "head"
 """
 
 
-def prepare(out: Path, clips: int, seed: int, vae: Path | None) -> Path:
-    """Write base/, data/, dataset.toml and train.toml into `out`; returns the train config path."""
-    from wantune.toy.base import build_base
-    from wantune.toy.spec import load_concept
-    from wantune.toy.world import write_dataset
+def prepare(out: Path, clips: int, seed: int, vae: Path | None, variant: str | None = None, workers: int = 1) -> Path:
+    """Write base/, data/, dataset.toml and train.toml into `out`; returns the train config path. `variant`: a
+    toy variant other than the shipped one gets a fresh transformer (once; later runs continue it)."""
+    import json
+
+    from wantune.toy.base import build_base, build_transformer, save_parts
 
     if not EXAMPLE.is_file():
         raise UserError(f"{EXAMPLE}: the toy pre-training config is missing from the checkout")
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "base" / "transformer.safetensors").is_file():
         build_base(out / "base", seed=seed)
+    info_path = out / "base" / "toy.json"
+    info = json.loads(info_path.read_text())
+    if variant and info.get("variant") != variant:
+        save_parts(out / "base", transformer=build_transformer(seed, variant))
+        info_path.write_text(json.dumps({**info, "variant": variant}, indent=1) + "\n")
     if vae is not None:
         if not vae.is_file():
             raise UserError(f"{vae}: no such VAE file; pass the vae.safetensors written by wantune.toy.train_vae")
         shutil.copyfile(vae, out / "base" / "vae.safetensors")
     if not (out / "data" / "videos").is_dir():
-        write_dataset(load_concept("base"), out / "data", clips, seed)
+        render(out / "data", clips, seed, workers)
     (out / "dataset.toml").write_text(DATASET_TOML)
     shutil.copyfile(EXAMPLE, out / "train.toml")
     return out / "train.toml"
 
 
+def render(data: Path, clips: int, seed: int, workers: int = 1) -> None:
+    """Render `clips` base-world clips into data/, in `workers` processes (contiguous index ranges)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from wantune.toy.spec import load_concept
+    from wantune.toy.world import write_dataset
+
+    spec = load_concept("base")
+    workers = max(1, min(workers, clips))
+    bounds = [clips * i // workers for i in range(workers + 1)]
+    if workers == 1:
+        write_dataset(spec, data, clips, seed)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        jobs = [pool.submit(write_dataset, spec, data, b - a, seed, a) for a, b in zip(bounds, bounds[1:])]
+        for job in jobs:
+            job.result()
+
+
 def pretrain(out: Path, clips: int = 2048, seed: int = 0, vae: Path | None = None,
-             overrides: list[str] | None = None, device: str | None = None, use_ema: bool = False) -> Path:
+             overrides: list[str] | None = None, device: str | None = None, use_ema: bool = False,
+             variant: str | None = None, workers: int = 1) -> Path:
     """Run the whole recipe; returns the trained toy base folder (out/base). Run again on the same folder, it
     continues from the last trained transformer (data and cache are reused). `use_ema`: keep the EMA weights
     (`regularisation.ema_decay` > 0) rather than the last ones."""
@@ -62,12 +88,15 @@ def pretrain(out: Path, clips: int = 2048, seed: int = 0, vae: Path | None = Non
     from wantune.train.config import load_train_config
     from wantune.train.recipe import main as train_main
 
-    config = prepare(out, clips, seed, vae)
+    import json
+
+    config = prepare(out, clips, seed, vae, variant, workers)
+    variant = json.loads((out / "base" / "toy.json").read_text())["variant"]
     job = CacheJob.from_args(argparse.Namespace(
         config=str(config), vae=None, text_encoder=None, tokenizer=None, clip=None, cache_dir=None, variant=None,
         device=device, dtype="fp32"))
     print(run_cache(job, progress=False).summary())
-    cfg = load_train_config(config, [*(overrides or []), *([f'training.device="{device}"'] if device else [])])
+    cfg = load_train_config(config, [f'model.variant="{variant}"', *(overrides or []), *([f'training.device="{device}"'] if device else [])])
     files = train_main(cfg)
     wanted = [f for f in files if f.suffix == ".safetensors" and f.stem.endswith("_ema") == use_ema]
     trained = wanted[0] if wanted else None
@@ -86,9 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of examples/toy_base.toml, e.g. training.steps=20")
+    parser.add_argument("--variant", help="toy variant to pre-train (default: the shipped toy-t2v)")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering the clips")
     parser.add_argument("--use-ema", action="store_true", help="keep the EMA weights (needs regularisation.ema_decay)")
     args = parser.parse_args(argv)
-    print(pretrain(args.out, args.clips, args.seed, args.vae, args.overrides, args.device, args.use_ema))
+    print(pretrain(args.out, args.clips, args.seed, args.vae, args.overrides, args.device, args.use_ema, args.variant,
+                   args.workers))
 
 
 if __name__ == "__main__":

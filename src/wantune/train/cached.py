@@ -35,7 +35,7 @@ def build_cached(cfg, variant: WanVariant, rank: int = 0, world: int = 1):
     The loader gives rank `rank` of `world` its own share of the batches (`CachedLoader` shards them).
     """
     from wantune.cache.keys import text_key
-    from wantune.cache.loader import CachedLoader, cached_entries, load_entry
+    from wantune.cache.loader import CachedLoader, MemoryStore, cached_entries, load_entry
     from wantune.cache.store import CacheStore
     from wantune.data.config import load_dataset_config
     from wantune.data.samples import enumerate_samples, require_samples
@@ -56,7 +56,8 @@ def build_cached(cfg, variant: WanVariant, rank: int = 0, world: int = 1):
     held = _held_out(len(entries), cfg.validation.split, cfg.training.seed)
     train = [e for i, e in enumerate(entries) if i not in held]
     validation = [load_entry(store, e) for i, e in enumerate(entries) if i in held]
-    loader = CachedLoader(store, train, cfg.training.batch_size, cfg.data.shuffle, cfg.training.seed, rank, world)
+    loader = CachedLoader(MemoryStore(store) if cfg.data.cache_in_memory else store, train, cfg.training.batch_size,
+                          cfg.data.shuffle, cfg.training.seed, rank, world)
     if cfg.regularisation.dop.enabled:
         dop = cfg.regularisation.dop
         keys = {s.sample_id: text_key(replace_trigger(s.caption, dop.trigger, dop.class_word), info["text_encoder"])

@@ -76,6 +76,9 @@ class DataConfig:
     """A generated toy dataset (tests, demos, smoke runs)."""
     shuffle: bool = True
     """Shuffle sample order each epoch (seeded, so resume is exact)."""
+    cache_in_memory: bool = False
+    """Keep every cached tensor in RAM after its first read (small latents: the per-file read, not the GPU, is
+    what bounds a step); the cache files are read once per run instead of once per epoch."""
     caption_dropout: float = 0.0
     """Probability of training a sample with an empty prompt (5-10% when captions are encoded live)."""
     regularisation_file: Path | None = None
