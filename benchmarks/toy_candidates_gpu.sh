@@ -2,6 +2,10 @@
 # One device call: base-world data + cache, then toy transformer candidates side by side (NAME:VARIANT:LR ...),
 # each for SECONDS of wall time (constant LR, EMA), then each one's EMA weights judged on 32 base prompts.
 #   bash benchmarks/toy_candidates_gpu.sh CLIPS SECONDS NAME:VARIANT:LR...
+# VARIANT is any toy variant in wantune.models.variants. The architecture search of toy_base.json ran
+#   8192 320 p1:toy-t2v-p1:6e-4 l:toy-t2v-l:3e-4 l6:toy-t2v-l:6e-4
+# with two temporary variants: toy-t2v-p1 (toy-t2v of then, dim 128, 4 layers, with patch_size (1, 1, 1)) and
+# toy-t2v-l (dim 256, ffn 1024, 8 heads, 6 layers), which then became toy-t2v.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
