@@ -20,3 +20,14 @@ def require(condition: bool, message: str) -> None:
     """Raise UserError(message) unless condition holds."""
     if not condition:
         raise UserError(message)
+
+
+def run_script(main) -> None:
+    """Run a `python -m` script's main() as the CLI does: a UserError is one line on stderr and exit code 2."""
+    import sys
+
+    try:
+        main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(UserError.exit_code) from None

@@ -48,6 +48,12 @@ def toy_variant():
     return get_variant(TOY_VARIANT)
 
 
+def folder_variant(base: str | Path) -> str:
+    """The transformer variant of a toy base folder: its toy.json's, else the shipped toy variant."""
+    info = Path(base) / "toy.json"
+    return json.loads(info.read_text()).get("variant", TOY_VARIANT) if info.is_file() else TOY_VARIANT
+
+
 def caption_corpus(per_concept: int = 400, seed: int = 0) -> list[str]:
     """Captions of the built-in concepts plus every default word, for training the tokenizer."""
     from wantune.toy.spec import _background_words, _motion_words, parse_background, parse_motion

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from wantune.toy.base import TOY_VARIANT
+from wantune.toy.base import folder_variant
 
 
 def model_spec(base: Path, loras: list[tuple[str, float]] = (), variant: str | None = None):
@@ -24,12 +24,7 @@ def model_spec(base: Path, loras: list[tuple[str, float]] = (), variant: str | N
 
     return ModelSpec(model=str(base / "transformer.safetensors"), vae=str(base / "vae.safetensors"),
                      text_encoder=str(base / "text_encoder.safetensors"), tokenizer=str(base / "tokenizer"),
-                     variant=variant or _folder_variant(base), loras=list(loras))
-
-
-def _folder_variant(base: Path) -> str:
-    info = base / "toy.json"
-    return json.loads(info.read_text()).get("variant", TOY_VARIANT) if info.is_file() else TOY_VARIANT
+                     variant=variant or folder_variant(base), loras=list(loras))
 
 
 def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: Path | None = None,
@@ -83,4 +78,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from wantune.errors import run_script
+
+    run_script(main)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -34,19 +35,17 @@ frame_extraction = "head"
 def prepare(out: Path, clips: int, seed: int, vae: Path | None, variant: str | None = None, workers: int = 1) -> Path:
     """Write base/, data/, dataset.toml and train.toml into `out`; returns the train config path. `variant`: a
     toy variant other than the shipped one gets a fresh transformer (once; later runs continue it)."""
-    import json
-
-    from wantune.toy.base import build_base, build_transformer, save_parts
+    from wantune.toy.base import build_base, build_transformer, folder_variant, save_parts
 
     if not EXAMPLE.is_file():
         raise UserError(f"{EXAMPLE}: the toy pre-training config is missing from the checkout")
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "base" / "transformer.safetensors").is_file():
         build_base(out / "base", seed=seed)
-    info_path = out / "base" / "toy.json"
-    info = json.loads(info_path.read_text())
-    if variant and info.get("variant") != variant:
+    if variant and folder_variant(out / "base") != variant:
         save_parts(out / "base", transformer=build_transformer(seed, variant))
+        info_path = out / "base" / "toy.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         info_path.write_text(json.dumps({**info, "variant": variant}, indent=1) + "\n")
     if vae is not None:
         if not vae.is_file():
@@ -88,10 +87,10 @@ def pretrain(out: Path, clips: int = 2048, seed: int = 0, vae: Path | None = Non
     from wantune.train.config import load_train_config
     from wantune.train.recipe import main as train_main
 
-    import json
+    from wantune.toy.base import folder_variant
 
     config = prepare(out, clips, seed, vae, variant, workers)
-    variant = json.loads((out / "base" / "toy.json").read_text())["variant"]
+    variant = folder_variant(out / "base")
     job = CacheJob.from_args(argparse.Namespace(
         config=str(config), vae=None, text_encoder=None, tokenizer=None, clip=None, cache_dir=None, variant=None,
         device=device, dtype="fp32"))
@@ -124,4 +123,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from wantune.errors import run_script
+
+    run_script(main)
