@@ -115,3 +115,26 @@ def test_fold_latent_stats_normalises_latents_and_keeps_reconstructions():
     torch.testing.assert_close(z.mean(1), torch.zeros(16), atol=1e-4, rtol=0)
     torch.testing.assert_close(z.std(1), torch.ones(16), atol=1e-4, rtol=0)
     torch.testing.assert_close(after, before, atol=2e-4, rtol=1e-4)
+
+
+def test_decoder_only_vae_training_keeps_the_latent_space(tmp_path):
+    """`train_vae --decoder-only --init FILE`: the encoder (and so every cached latent) is unchanged, the decoder
+    moved; without --init it is a one-line error."""
+    from wantune.errors import UserError
+    from wantune.models.vae import load_vae
+    from wantune.toy.base import save_parts
+    from wantune.toy.train_vae import VaeTrainConfig, train
+
+    save_parts(tmp_path / "init", vae=build_vae(seed=2, base_dim=4).float())
+    init = tmp_path / "init" / "vae.safetensors"
+    train(VaeTrainConfig(out=tmp_path / "dec", steps=3, batch_size=1, pool=2, eval_clips=1, device="cpu",
+                         train_frames=5, short_fraction=0.0, init=init, decoder_only=True, lr=1e-3))
+    before, after = load_vae(init).model.eval(), load_vae(tmp_path / "dec" / "vae.safetensors").model.eval()
+    video = torch.rand(1, 3, 5, 64, 64) * 2 - 1
+    with torch.no_grad():
+        mu_before, mu_after = before.encode(video).latent_dist.mean, after.encode(video).latent_dist.mean
+    torch.testing.assert_close(mu_after, mu_before, atol=0, rtol=0)
+    moved = [k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
+    assert moved and all(k.startswith(("decoder.", "post_quant_conv.")) for k in moved)
+    with pytest.raises(UserError, match="--decoder-only: needs --init"):
+        train(VaeTrainConfig(out=tmp_path / "bad", steps=1, pool=1, device="cpu", decoder_only=True))

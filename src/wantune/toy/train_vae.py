@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wantune.errors import UserError
 from wantune.toy.spec import load_concept
 from wantune.toy.world import render_clip
 
@@ -83,6 +84,9 @@ class VaeTrainConfig:
     """VAE width multipliers per level (empty: `TOY_VAE`'s)."""
     init: Path | None = None
     """Continue from these weights (a vae.safetensors written by an earlier run; its sizes win)."""
+    decoder_only: bool = False
+    """Train only the decoder side (post_quant_conv and decoder) of `init`: the encoder and so the latent space
+    stay as they are, so latents cached with `init` and a transformer trained on them stay valid."""
 
 
 def _render_pool(cfg: VaeTrainConfig, count: int, seed: int, concepts=None) -> tuple[np.ndarray, list[dict]]:
@@ -146,7 +150,8 @@ def _stats(vae, device):
 def _loss(vae, video, weight, mean, std, cfg: VaeTrainConfig):
     import torch
 
-    mu = vae.encode(video).latent_dist.mean
+    with torch.set_grad_enabled(not cfg.decoder_only):
+        mu = vae.encode(video).latent_dist.mean
     latents = (mu - mean) / std
     per_channel = latents.transpose(0, 1).reshape(latents.shape[1], -1)
     penalty = (per_channel.mean(1) ** 2 + (per_channel.std(1) - 1) ** 2).mean()
@@ -194,6 +199,8 @@ def train(cfg: VaeTrainConfig) -> dict:
 
     from wantune.toy.base import build_vae, save_parts
 
+    if cfg.decoder_only and cfg.init is None:
+        raise UserError("--decoder-only: needs --init, the VAE whose decoder to train")
     device, start = _device(cfg), time.time()
     pool, _ = _render_pool(cfg, cfg.pool, cfg.seed)
     sizes = {**({"base_dim": cfg.base_dim} if cfg.base_dim else {}), **({"dim_mult": cfg.dim_mult} if cfg.dim_mult else {})}
@@ -203,9 +210,13 @@ def train(cfg: VaeTrainConfig) -> dict:
         vae = load_vae(cfg.init).model.to(device).train().requires_grad_(True)
     else:
         vae = build_vae(cfg.seed, **sizes).to(device).train()
+    if cfg.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
     torch.backends.cudnn.benchmark = True
     mean, std = _stats(vae, device)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     history, step, began = [], 0, time.time()
     while (progress := _progress(cfg, step, began)) < 1:
@@ -217,7 +228,7 @@ def train(cfg: VaeTrainConfig) -> dict:
         loss, parts = _loss(vae, _to_video(batch, device), _weights(batch, device, cfg.object_weight), mean, std, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         if step % 50 == 0:
             history.append({"step": step, "frames": frames, "loss": round(loss.item(), 5),
@@ -228,7 +239,8 @@ def train(cfg: VaeTrainConfig) -> dict:
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
             torch.save(vae.state_dict(), Path(cfg.out) / "vae_last.pt")
     vae.eval()
-    fold_latent_stats(vae, _to_video(pool[:32], device))
+    if not cfg.decoder_only:  # a frozen encoder keeps the latent statistics as they are
+        fold_latent_stats(vae, _to_video(pool[:32], device))
     metrics = evaluate(vae, cfg, device)
     metrics.update(steps=step, seconds=round(time.time() - start, 1), device=str(device), history=history)
     save_parts(cfg.out, vae=vae.to("cpu").float())
@@ -306,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-dim", type=int, default=0, help="VAE width (default: TOY_VAE's)")
     parser.add_argument("--dim-mult", default="", help="comma-separated width multipliers, e.g. 1,2,4,4")
     parser.add_argument("--init", type=Path, help="continue from this vae.safetensors")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="train only the decoder of --init (the latent space, and so caches, stay valid)")
     parser.add_argument("--short-fraction", type=float, default=0.35, help="share of the run on 5-frame crops")
     args = parser.parse_args(argv)
     metrics = train(VaeTrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, pool=args.pool,
@@ -313,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
                                    max_minutes=args.max_minutes, eval_clips=args.eval_clips, lr=args.lr,
                                    train_frames=args.train_frames, object_weight=args.object_weight,
                                    base_dim=args.base_dim, init=args.init, short_fraction=args.short_fraction,
+                                   decoder_only=args.decoder_only,
                                    dim_mult=[int(x) for x in args.dim_mult.split(",") if x]))
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
 
