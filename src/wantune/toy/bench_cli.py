@@ -23,6 +23,9 @@ def register_learn(bench_subparsers) -> None:
     p.add_argument("--out", default="runs/bench_learn", help="where datasets, LoRAs and clips go")
     p.add_argument("--clips", type=int, default=32, help="training clips per concept")
     p.add_argument("--steps", type=int, default=600, help="LoRA training steps")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
+    p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (AdamW)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per training step")
     p.add_argument("--eval-clips", type=int, default=16, help="generated clips per prompt set")
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the toy variant's)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -45,7 +48,8 @@ def _learn(args: argparse.Namespace) -> int:
 
     base = Path(args.base) if args.base else BASE_DIR
     check_base(base)
-    settings = LearnSettings(clips=args.clips, steps=args.steps, eval_clips=args.eval_clips,
+    settings = LearnSettings(clips=args.clips, steps=args.steps, eval_clips=args.eval_clips, rank=args.rank,
+                             lr=args.lr, batch_size=args.batch_size,
                              sample_steps=args.sample_steps, seed=args.seed, device=args.device)
     results = [learn_concept(spec, base, Path(args.out), settings) for spec in specs]
     if args.json:

@@ -118,18 +118,24 @@ def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSetti
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(concept_to_dict(spec)))
 
-    def judge_set(concept, loras):
-        return adherence(base, str(concept), settings.eval_clips, EVAL_SEED, loras=loras,
-                         steps=settings.sample_steps, device=settings.device)["adherence"]
+    passed = {}
+
+    def judge_set(concept, loras, key):
+        summary = adherence(base, str(concept), settings.eval_clips, EVAL_SEED, loras=loras,
+                            steps=settings.sample_steps, device=settings.device)
+        passed[key] = summary["passed"]
+        return summary["adherence"]
 
     result = {"concept": spec.name, "trigger": spec.trigger,
-              "adherence_without_lora": judge_set(spec_file, []), "base_adherence": judge_set("base", [])}
+              "adherence_without_lora": judge_set(spec_file, [], "concept_without_lora"),
+              "base_adherence": judge_set("base", [], "base_without_lora")}
     for dop in (False, True):
         lora, losses = train_lora(spec, base, out / spec.name, settings, dop)
         key = "dop" if dop else "no_dop"
-        with_lora = judge_set(spec_file, [(str(lora), 1.0)])
-        base_with = judge_set("base", [(str(lora), 1.0)])
+        with_lora = judge_set(spec_file, [(str(lora), 1.0)], f"concept_with_lora_{key}")
+        base_with = judge_set("base", [(str(lora), 1.0)], f"base_with_lora_{key}")
         result[key] = {"lora": str(lora), **losses, "adherence_with_lora": with_lora,
                        "preservation_drop": round(result["base_adherence"] - base_with, 4)}
+    result["passed_per_attribute"] = passed
     result["seconds"] = round(time.time() - start, 1)
     return result

@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-dim", type=int, default=0, help="VAE width (default: TOY_VAE's)")
     parser.add_argument("--dim-mult", default="", help="comma-separated width multipliers, e.g. 1,2,4,4")
     parser.add_argument("--init", type=Path, help="continue from this vae.safetensors")
+    parser.add_argument("--latent-noise", type=float, default=0.05,
+                        help="std of the noise on normalised latents before decoding (training only)")
     parser.add_argument("--decoder-only", action="store_true",
                         help="train only the decoder of --init (the latent space, and so caches, stay valid)")
     parser.add_argument("--short-fraction", type=float, default=0.35, help="share of the run on 5-frame crops")
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
                                    max_minutes=args.max_minutes, eval_clips=args.eval_clips, lr=args.lr,
                                    train_frames=args.train_frames, object_weight=args.object_weight,
                                    base_dim=args.base_dim, init=args.init, short_fraction=args.short_fraction,
-                                   decoder_only=args.decoder_only,
+                                   decoder_only=args.decoder_only, latent_noise=args.latent_noise,
                                    dim_mult=[int(x) for x in args.dim_mult.split(",") if x]))
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
 
