@@ -26,6 +26,9 @@ def register_learn(bench_subparsers) -> None:
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (AdamW)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per training step")
+    p.add_argument("--dop-multiplier", type=float, default=1.0, help="weight of the DOP preservation loss")
+    p.add_argument("--prior-clips", type=int, default=0,
+                   help="base-world clips without the trigger added as a regularisation dataset (prior preservation)")
     p.add_argument("--eval-clips", type=int, default=16, help="generated clips per prompt set")
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the toy variant's)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -50,8 +53,16 @@ def _learn(args: argparse.Namespace) -> int:
     check_base(base)
     settings = LearnSettings(clips=args.clips, steps=args.steps, eval_clips=args.eval_clips, rank=args.rank,
                              lr=args.lr, batch_size=args.batch_size,
+                             dop_multiplier=args.dop_multiplier, prior_clips=args.prior_clips,
                              sample_steps=args.sample_steps, seed=args.seed, device=args.device)
-    results = [learn_concept(spec, base, Path(args.out), settings) for spec in specs]
+    if args.json:  # stdout carries the JSON only; training messages go to stderr
+        import contextlib
+        import sys
+
+        with contextlib.redirect_stdout(sys.stderr):
+            results = [learn_concept(spec, base, Path(args.out), settings) for spec in specs]
+    else:
+        results = [learn_concept(spec, base, Path(args.out), settings) for spec in specs]
     if args.json:
         print(json.dumps({"base": str(base), "results": results}))
         return 0

@@ -18,9 +18,19 @@ from pathlib import Path
 from wantune.errors import UserError
 from wantune.toy.base import TOY_VARIANT
 from wantune.toy.pretrain import DATASET_TOML
-from wantune.toy.spec import ConceptSpec, concept_to_dict
+from wantune.toy.spec import ConceptSpec, concept_to_dict, load_concept
 
 EVAL_SEED = 5000
+PRIOR_DATASET = """
+[[datasets]]
+path = "prior"
+kind = "videos"
+resolution = [64, 64]
+enable_bucket = false
+target_frames = [17]
+frame_extraction = "head"
+is_regularization = true
+"""
 BASE_FILES = ("tokenizer/spiece.model", "text_encoder.safetensors", "vae.safetensors", "transformer.safetensors")
 
 
@@ -42,6 +52,11 @@ class LearnSettings:
     """Generated clips per prompt set."""
     sample_steps: int | None = None
     """Sampling steps (default: the toy variant's)."""
+    dop_multiplier: float = 1.0
+    """Weight of the DOP preservation loss (DOP runs)."""
+    prior_clips: int = 0
+    """Base-world clips (captions without the trigger) added as a regularisation dataset, DreamBooth-style prior
+    preservation (0: none)."""
     seed: int = 0
     """Seed of the rendered clips and the run."""
     device: str | None = None
@@ -77,7 +92,7 @@ def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bo
                      "seed": settings.seed, **({"device": settings.device} if settings.device else {})},
     }
     if dop:
-        cfg["regularisation"] = {"dop": {"enabled": True, "trigger": spec.trigger,
+        cfg["regularisation"] = {"dop": {"enabled": True, "trigger": spec.trigger, "multiplier": settings.dop_multiplier,
                                          "class_word": spec.class_word or "thing"}}
     return cfg
 
@@ -93,7 +108,12 @@ def train_lora(spec: ConceptSpec, base: Path, work: Path, settings: LearnSetting
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "data" / "videos").is_dir():
         write_dataset(spec, work / "data", settings.clips, settings.seed)
-    (work / "dataset.toml").write_text(DATASET_TOML)
+    dataset = DATASET_TOML
+    if settings.prior_clips:
+        if not (work / "prior" / "videos").is_dir():
+            write_dataset(load_concept("base"), work / "prior", settings.prior_clips, settings.seed + 1)
+        dataset += PRIOR_DATASET
+    (work / "dataset.toml").write_text(dataset)
     config = work / f"train_{'dop' if dop else 'plain'}.toml"
     config.write_text(typed.dumps(train_config(spec, base.resolve(), settings, dop)))
     job = CacheJob.from_args(argparse.Namespace(
