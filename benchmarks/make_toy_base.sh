@@ -15,7 +15,7 @@ $V --out $W/vae2 --max-minutes 8.2 --short-fraction 0 --init $W/vae1/vae.safeten
 $V --out $W/vae3 --max-minutes 8.0 --short-fraction 0 --init $W/vae2/vae.safetensors --lr 1.2e-3 --object-weight 8
 $V --out $W/vae4 --max-minutes 8.0 --short-fraction 0 --init $W/vae3/vae.safetensors --lr 6e-4 --object-weight 12
 # 2. Transformer (toy-t2v: dim 256, 6 layers; full fine-tuning with wantune train on 8192 base-world clips),
-#    three cosine stages, each continuing from the previous stage's EMA weights (about 15 H200 minutes in all).
+#    four cosine stages, each continuing from the previous stage's EMA weights (about 15 H200 minutes in all).
 T="--set training.batch_size=128 --set data.caption_dropout=0.05 --set logging.progress_bar=false
    --set regularisation.ema_decay=0.999 --set data.cache_in_memory=true --set schedule.warmup_ratio=0 --use-ema"
 P="python3 -m wantune.toy.pretrain --out $W/pre --clips 8192 --workers 14 --device cuda $T"
@@ -23,10 +23,16 @@ $P --vae $W/vae4/vae.safetensors --set training.steps=2 --set schedule.name=cons
 $P --set training.steps=3200 --set optimizer.lr=4e-4 --set saving.name=stage1
 $P --set training.steps=5400 --set optimizer.lr=5e-4 --set saving.name=stage2
 $P --set training.steps=2600 --set optimizer.lr=3e-4 --set saving.name=stage3
+$P --set training.steps=1200 --set optimizer.lr=2e-4 --set saving.name=stage4
+# 3. VAE decoder only (--decoder-only: the encoder, so the cached latents the transformer learnt, stay as they
+#    are): two more stages; the decoder had turned thin crosses into 4-point stars.
+$V --out $W/vae5 --max-minutes 5.3 --short-fraction 0 --init $W/vae4/vae.safetensors --decoder-only --lr 8e-4 --object-weight 12
+$V --out $W/vae6 --max-minutes 5.5 --short-fraction 0 --init $W/vae5/vae.safetensors --decoder-only --lr 4e-4 --object-weight 12
+cp $W/vae6/vae.safetensors $W/pre/base/vae.safetensors
 # Shipped in bfloat16 (computed in float32 on the CPU): transformer and VAE.
 python3 -c "import sys,torch; from safetensors.torch import load_file, save_file
 for f in sys.argv[1:]: save_file({k: v.to(torch.bfloat16) for k, v in load_file(f).items()}, f)" \
   $W/pre/base/transformer.safetensors $W/pre/base/vae.safetensors
-# 3. The base model's prompt adherence (benchmarks/results/toy_base.json).
+# 4. The base model's prompt adherence (benchmarks/results/toy_base.json).
 python3 -m wantune.toy.evaluate --base $W/pre/base --concept base --clips 32 --seed 1000
 echo "toy base model: $W/pre/base"

@@ -20,7 +20,8 @@ def test_bench_learn_checks_inputs(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_learn_smoke(tmp_path, capsys):
-    """Pretrain 2 steps, then learn the motion concept for 3 steps with and without DOP; 1 clip per set."""
+    """Pretrain 2 steps, then learn the motion concept for 3 steps with and without DOP, with 2 prior clips
+    (base world, no trigger) as a regularisation dataset; 1 clip per set; --json prints JSON only."""
     from wantune.toy.pretrain import pretrain
 
     base = pretrain(tmp_path / "pre", clips=2, device="cpu",
@@ -28,13 +29,19 @@ def test_bench_learn_smoke(tmp_path, capsys):
                                "logging.tensorboard=false"])
     code = cli_main(["bench", "learn", "--concept", "motion", "--base", str(base), "--out", str(tmp_path / "o"),
                      "--clips", "2", "--steps", "3", "--eval-clips", "1", "--sample-steps", "2", "--device", "cpu",
-                     "--json"])
+                     "--prior-clips", "2", "--json"])
     assert code == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]
+    result = json.loads(capsys.readouterr().out)["results"][0]
     for key in ("no_dop", "dop"):
         assert 0.0 <= result[key]["adherence_with_lora"] <= 1.0
         assert (tmp_path / "o" / "motion" / "runs" / f"motion_{'dop' if key == 'dop' else 'plain'}").is_dir()
     assert 0.0 <= result["adherence_without_lora"] <= 1.0
+    assert set(result["passed_per_attribute"]["concept_with_lora_dop"]) == {"shape", "color", "motion", "background"}
+    work = tmp_path / "o" / "motion"
+    assert "is_regularization = true" in (work / "dataset.toml").read_text()
+    prior = sorted((work / "prior" / "captions").glob("*.txt"))
+    assert len(prior) == 2 and not any("orbix" in p.read_text() for p in prior)
+    assert "4 training samples" in (work / "runs" / "motion_dop" / "train.log").read_text()
 
 
 def test_loss_svg_plots_every_step():

@@ -58,6 +58,9 @@ def test_diagnostics_speak_plainly():
     for step in range(1, 21):
         messages += diag.on_step(step, 0.5 + 0.001 * (step % 3), None)
     assert len(messages) == 1 and "flat" in messages[0] and "learning rate too low (1e-06)" in messages[0]
+    falling = Diagnostics(lr=1e-3, flat_window=20)  # fell, then levels off with noise: converging, not flat
+    noisy = [1.0 / (1 + s / 10) + 0.05 * ((s * 7919) % 11 - 5) / 5 for s in range(200)]
+    assert [m for s, x in enumerate(noisy) for m in falling.on_step(s + 1, x, None)] == []
 
     skip = diag.on_step(21, float("nan"), "loss is nan (sample a.mp4)")
     assert "step 21" in skip[0] and "skipped" in skip[0] and "halve it" in skip[0]

@@ -22,12 +22,12 @@ def register_learn(bench_subparsers) -> None:
     p.add_argument("--base", help="folder of the pre-trained toy base model (default: the shipped one)")
     p.add_argument("--out", default="runs/bench_learn", help="where datasets, LoRAs and clips go")
     p.add_argument("--clips", type=int, default=32, help="training clips per concept")
-    p.add_argument("--steps", type=int, default=600, help="LoRA training steps")
+    p.add_argument("--steps", type=int, default=1200, help="LoRA training steps")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (AdamW)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per training step")
     p.add_argument("--dop-multiplier", type=float, default=1.0, help="weight of the DOP preservation loss")
-    p.add_argument("--prior-clips", type=int, default=0,
+    p.add_argument("--prior-clips", type=int, default=32,
                    help="base-world clips without the trigger added as a regularisation dataset (prior preservation)")
     p.add_argument("--eval-clips", type=int, default=16, help="generated clips per prompt set")
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the toy variant's)")

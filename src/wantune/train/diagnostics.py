@@ -19,7 +19,7 @@ class Diagnostics:
 
     lr: float
     flat_window: int = 100
-    """Steps compared (first vs last fifth) to call the loss flat."""
+    """Steps averaged to call the loss flat (against the run's first fifth of that many steps)."""
     losses: list[float] = field(default_factory=list)
     skipped: int = 0
     best_val: float | None = None
@@ -38,13 +38,15 @@ class Diagnostics:
         return []
 
     def _flat(self, step: int) -> list[str]:
-        window = self.losses[-self.flat_window:]
-        fifth = max(1, len(window) // 5)
-        first, last = statistics.mean(window[:fifth]), statistics.mean(window[-fifth:])
-        if last < first * 0.98 or "flat" in self.said and step < 4 * self.flat_window:
+        """Said once: the mean loss of the last window is not below that of the run's first steps. (A loss that
+        fell and then levels off is a converging run, not a flat one; diffusion losses are too noisy to compare
+        one window's start with its end.)"""
+        start = statistics.mean(self.losses[:max(1, self.flat_window // 5)])
+        recent = statistics.mean(self.losses[-self.flat_window:])
+        if recent < start * 0.98 or "flat" in self.said:
             return []
         self.said.add("flat")
-        return [f"step {step}: the training loss is flat ({first:.4g} -> {last:.4g} over the last "
+        return [f"step {step}: the training loss is flat ({start:.4g} at the start, {recent:.4g} over the last "
                 f"{self.flat_window} steps). Usual causes: learning rate too low ({self.lr:g}), frozen or "
                 "untargeted layers, a tiny dataset, empty captions."]
 
