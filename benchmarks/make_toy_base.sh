@@ -25,10 +25,11 @@ $P --set training.steps=5400 --set optimizer.lr=5e-4 --set saving.name=stage2
 $P --set training.steps=2600 --set optimizer.lr=3e-4 --set saving.name=stage3
 $P --set training.steps=1200 --set optimizer.lr=2e-4 --set saving.name=stage4
 # 3. VAE decoder only (--decoder-only: the encoder, so the cached latents the transformer learnt, stay as they
-#    are): two more stages; the decoder had turned thin crosses into 4-point stars.
+#    are): three more stages; the decoder had turned thin crosses into 4-point stars.
 $V --out $W/vae5 --max-minutes 5.3 --short-fraction 0 --init $W/vae4/vae.safetensors --decoder-only --lr 8e-4 --object-weight 12
 $V --out $W/vae6 --max-minutes 5.5 --short-fraction 0 --init $W/vae5/vae.safetensors --decoder-only --lr 4e-4 --object-weight 12
-cp $W/vae6/vae.safetensors $W/pre/base/vae.safetensors
+$V --out $W/vae7 --max-minutes 6.5 --short-fraction 0 --init $W/vae6/vae.safetensors --decoder-only --lr 3e-4 --object-weight 12
+cp $W/vae7/vae.safetensors $W/pre/base/vae.safetensors
 # Shipped in bfloat16 (computed in float32 on the CPU): transformer and VAE.
 python3 -c "import sys,torch; from safetensors.torch import load_file, save_file
 for f in sys.argv[1:]: save_file({k: v.to(torch.bfloat16) for k, v in load_file(f).items()}, f)" \

@@ -27,6 +27,7 @@ def test_bench_learn_smoke(tmp_path, capsys):
     base = pretrain(tmp_path / "pre", clips=2, device="cpu",
                     overrides=["training.steps=2", "training.batch_size=2", "logging.progress_bar=false",
                                "logging.tensorboard=false"])
+    capsys.readouterr()  # the pre-training's own messages
     code = cli_main(["bench", "learn", "--concept", "motion", "--base", str(base), "--out", str(tmp_path / "o"),
                      "--clips", "2", "--steps", "3", "--eval-clips", "1", "--sample-steps", "2", "--device", "cpu",
                      "--prior-clips", "2", "--json"])
