@@ -17,20 +17,10 @@ from pathlib import Path
 
 from wantune.errors import UserError
 from wantune.toy.base import TOY_VARIANT
-from wantune.toy.pretrain import DATASET_TOML
+from wantune.toy.pretrain import DATASET_TOML, dataset_entry
 from wantune.toy.spec import ConceptSpec, concept_to_dict, load_concept
 
 EVAL_SEED = 5000
-PRIOR_DATASET = """
-[[datasets]]
-path = "prior"
-kind = "videos"
-resolution = [64, 64]
-enable_bucket = false
-target_frames = [17]
-frame_extraction = "head"
-is_regularization = true
-"""
 BASE_FILES = ("tokenizer/spiece.model", "text_encoder.safetensors", "vae.safetensors", "transformer.safetensors")
 
 
@@ -112,7 +102,7 @@ def train_lora(spec: ConceptSpec, base: Path, work: Path, settings: LearnSetting
     if settings.prior_clips:
         if not (work / "prior" / "videos").is_dir():
             write_dataset(load_concept("base"), work / "prior", settings.prior_clips, settings.seed + 1)
-        dataset += PRIOR_DATASET
+        dataset += dataset_entry("prior", regularization=True)
     (work / "dataset.toml").write_text(dataset)
     config = work / f"train_{'dop' if dop else 'plain'}.toml"
     config.write_text(typed.dumps(train_config(spec, base.resolve(), settings, dop)))

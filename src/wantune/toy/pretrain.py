@@ -20,16 +20,15 @@ from wantune.errors import UserError
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "toy_base.toml"
 
-DATASET_TOML = """variant = "toy-t2v"
 
-[[datasets]]
-path = "data"
-kind = "videos"
-resolution = [64, 64]
-enable_bucket = false
-target_frames = [17]
-frame_extraction = "head"
-"""
+
+def dataset_entry(path: str, regularization: bool = False) -> str:
+    """One `[[datasets]]` table of toy clips (64x64, whole 17-frame clips) in a dataset TOML."""
+    return (f'\n[[datasets]]\npath = "{path}"\nkind = "videos"\nresolution = [64, 64]\nenable_bucket = false\n'
+            f'target_frames = [17]\nframe_extraction = "head"\n' + ("is_regularization = true\n" if regularization else ""))
+
+
+DATASET_TOML = 'variant = "toy-t2v"\n' + dataset_entry("data")
 
 
 def prepare(out: Path, clips: int, seed: int, vae: Path | None, variant: str | None = None, workers: int = 1) -> Path:
