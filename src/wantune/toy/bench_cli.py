@@ -55,13 +55,11 @@ def _learn(args: argparse.Namespace) -> int:
                              lr=args.lr, batch_size=args.batch_size,
                              dop_multiplier=args.dop_multiplier, prior_clips=args.prior_clips,
                              sample_steps=args.sample_steps, seed=args.seed, device=args.device)
-    if args.json:  # stdout carries the JSON only; training messages go to stderr
-        import contextlib
-        import sys
+    import contextlib
+    import sys
 
-        with contextlib.redirect_stdout(sys.stderr):
-            results = [learn_concept(spec, base, Path(args.out), settings) for spec in specs]
-    else:
+    # with --json, stdout carries the JSON only; training messages go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         results = [learn_concept(spec, base, Path(args.out), settings) for spec in specs]
     if args.json:
         print(json.dumps({"base": str(base), "results": results}))

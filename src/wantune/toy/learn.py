@@ -82,8 +82,8 @@ def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bo
                      "seed": settings.seed, **({"device": settings.device} if settings.device else {})},
     }
     if dop:
-        cfg["regularisation"] = {"dop": {"enabled": True, "trigger": spec.trigger, "multiplier": settings.dop_multiplier,
-                                         "class_word": spec.class_word or "thing"}}
+        cfg["regularisation"] = {"dop": {"enabled": True, "trigger": spec.trigger, "class_word": spec.class_word or "thing",
+                                         "multiplier": settings.dop_multiplier}}
     return cfg
 
 

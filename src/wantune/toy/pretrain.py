@@ -21,7 +21,6 @@ from wantune.errors import UserError
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "toy_base.toml"
 
 
-
 def dataset_entry(path: str, regularization: bool = False) -> str:
     """One `[[datasets]]` table of toy clips (64x64, whole 17-frame clips) in a dataset TOML."""
     return (f'\n[[datasets]]\npath = "{path}"\nkind = "videos"\nresolution = [64, 64]\nenable_bucket = false\n'
