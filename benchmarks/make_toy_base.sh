@@ -31,9 +31,7 @@ $V --out $W/vae6 --max-minutes 5.5 --short-fraction 0 --init $W/vae5/vae.safeten
 $V --out $W/vae7 --max-minutes 6.5 --short-fraction 0 --init $W/vae6/vae.safetensors --decoder-only --lr 3e-4 --object-weight 12
 cp $W/vae7/vae.safetensors $W/pre/base/vae.safetensors
 # Shipped in bfloat16 (computed in float32 on the CPU): transformer and VAE.
-python3 -c "import sys,torch; from safetensors.torch import load_file, save_file
-for f in sys.argv[1:]: save_file({k: v.to(torch.bfloat16) for k, v in load_file(f).items()}, f)" \
-  $W/pre/base/transformer.safetensors $W/pre/base/vae.safetensors
+for f in $W/pre/base/transformer.safetensors $W/pre/base/vae.safetensors; do python3 benchmarks/to_bf16.py $f; done
 # 4. The base model's prompt adherence (benchmarks/results/toy_base.json).
 python3 -m wantune.toy.evaluate --base $W/pre/base --concept base --clips 32 --seed 1000
 echo "toy base model: $W/pre/base"

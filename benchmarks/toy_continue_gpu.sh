@@ -16,8 +16,7 @@ timeout 470 python3 -m wantune.toy.pretrain --out $W/$name --clips 8192 --varian
   --set training.steps=$steps --set optimizer.lr=$lr --set saving.name=${run} > $R/${run}.log 2>&1
 date; tail -n 2 $R/${run}.log
 cp $W/$name/runs/${run}/metrics.jsonl $R/metrics_${run}.jsonl
-python3 -c "import sys,torch; from safetensors.torch import load_file, save_file; sd=load_file(sys.argv[1]); \
-save_file({k: v.to(torch.bfloat16) for k, v in sd.items()}, sys.argv[2])" $W/$name/base/transformer.safetensors $R/${run}.safetensors
+python3 benchmarks/to_bf16.py $W/$name/base/transformer.safetensors $R/${run}.safetensors
 timeout 100 python3 -m wantune.toy.evaluate --base $W/$name/base --concept base --clips 32 --seed 1000 --device cuda \
   2>/dev/null | tail -n 1 | tee $R/eval_${run}.json
 date

@@ -13,6 +13,5 @@ for ow in 12 20; do
   [ -f $W/ow$ow/vae.safetensors ] || { tail -n 3 $W/ow$ow.log; continue; }
   python3 -c "import json,sys; m=json.load(open(sys.argv[1])); m.pop('history'); print(sys.argv[2], json.dumps(m))" \
     $W/ow$ow/vae_metrics.json ow$ow
-  python3 -c "import sys,torch; from safetensors.torch import load_file, save_file
-save_file({k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" $W/ow$ow/vae.safetensors $R/vae_ow$ow.safetensors
+  python3 benchmarks/to_bf16.py $W/ow$ow/vae.safetensors $R/vae_ow$ow.safetensors
 done

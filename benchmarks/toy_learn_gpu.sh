@@ -32,7 +32,6 @@ for v in vaeN05 vaeN15; do
   [ -f $W/$v/vae.safetensors ] || continue
   python3 -c "import json,sys; m=json.load(open(sys.argv[1])); m.pop('history'); print(sys.argv[2], json.dumps(m))" \
     $W/$v/vae_metrics.json $v
-  python3 -c "import sys,torch; from safetensors.torch import load_file, save_file
-save_file({k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" $W/$v/vae.safetensors $R/$v.safetensors
+  python3 benchmarks/to_bf16.py $W/$v/vae.safetensors $R/$v.safetensors
 done
 date

@@ -21,8 +21,7 @@ timeout 440 python3 -m wantune.toy.pretrain --out $W/pre --clips 8192 --workers 
   --set training.steps=$steps --set optimizer.lr=$lr --set saving.name=stage4 > $R/pre.log 2>&1 &
 wait
 date
-bf16() { python3 -c "import sys,torch; from safetensors.torch import load_file, save_file
-save_file({k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}, sys.argv[2])" $1 $2; }
+bf16() { python3 benchmarks/to_bf16.py $1 $2; }
 for v in vaeA vaeB; do
   [ -f $W/$v/vae.safetensors ] || continue
   python3 -c "import json,sys; m=json.load(open(sys.argv[1])); m.pop('history'); print(sys.argv[2], json.dumps(m))" \

@@ -16,6 +16,9 @@ def test_bench_learn_checks_inputs(tmp_path, capsys):
                      "--out", str(tmp_path / "o")])
     assert code == 2
     assert "pre-trained toy base model is missing" in capsys.readouterr().err
+    assert cli_main(["bench", "learn", "--concept", "motion", "--prior-clips", "-1", "--out", str(tmp_path / "p")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --prior-clips -1: must be >= 0"
+    assert not (tmp_path / "p").exists()  # refused before anything was rendered
 
 
 @pytest.mark.slow

@@ -52,6 +52,14 @@ class LearnSettings:
     device: str | None = None
     """cuda or cpu (default: cuda when available)."""
 
+    def check(self) -> None:
+        """One line naming the flag for a count that cannot work (before anything is rendered or trained)."""
+        for flag, value, least in (("--clips", self.clips, 1), ("--steps", self.steps, 1),
+                                   ("--batch-size", self.batch_size, 1), ("--rank", self.rank, 1),
+                                   ("--eval-clips", self.eval_clips, 1), ("--prior-clips", self.prior_clips, 0)):
+            if value < least:
+                raise UserError(f"{flag} {value}: must be >= {least}")
+
 
 def check_base(base: Path) -> None:
     missing = [name for name in BASE_FILES if not (base / name).is_file()]
@@ -122,6 +130,7 @@ def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSetti
     from wantune.toy.evaluate import adherence
 
     require_trigger(spec)
+    settings.check()
     check_base(base)
     start = time.time()
     spec_file = out / spec.name / "concept.json"
