@@ -19,6 +19,11 @@ def test_bench_learn_checks_inputs(tmp_path, capsys):
     assert cli_main(["bench", "learn", "--concept", "motion", "--prior-clips", "-1", "--out", str(tmp_path / "p")]) == 2
     assert capsys.readouterr().err.strip() == "error: --prior-clips -1: must be >= 0"
     assert not (tmp_path / "p").exists()  # refused before anything was rendered
+    assert cli_main(["bench", "learn", "--concept", "motion", "--set", "optimizer.bogus=1",
+                     "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --set: unknown key 'optimizer.bogus'") and "\n" not in err
+    assert not (tmp_path / "q").exists()
 
 
 @pytest.mark.slow
@@ -46,6 +51,14 @@ def test_bench_learn_smoke(tmp_path, capsys):
     prior = sorted((work / "prior" / "captions").glob("*.txt"))
     assert len(prior) == 2 and not any("orbix" in p.read_text() for p in prior)
     assert "4 training samples" in (work / "runs" / "motion_dop" / "train.log").read_text()
+    # one LoRA only (no DOP), a training key overridden: the EMA weights are the ones judged
+    code = cli_main(["bench", "learn", "--concept", "motion", "--base", str(base), "--out", str(tmp_path / "e"),
+                     "--clips", "2", "--steps", "3", "--eval-clips", "1", "--sample-steps", "2", "--device", "cpu",
+                     "--prior-clips", "0", "--dop", "off", "--set", "regularisation.ema_decay=0.9", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert "dop" not in result and result["no_dop"]["lora"].endswith("_ema.safetensors")
+    assert "ema_decay = 0.9" in (tmp_path / "e" / "motion" / "runs" / "motion_plain" / "config.toml").read_text()
 
 
 def test_loss_svg_plots_every_step():

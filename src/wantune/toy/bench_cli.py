@@ -29,6 +29,11 @@ def register_learn(bench_subparsers) -> None:
     p.add_argument("--dop-multiplier", type=float, default=1.0, help="weight of the DOP preservation loss")
     p.add_argument("--prior-clips", type=int, default=32,
                    help="base-world clips without the trigger added as a regularisation dataset (prior preservation)")
+    p.add_argument("--dop", choices=("both", "on", "off"), default="both",
+                   help="train the LoRA with DOP, without it, or both (default)")
+    p.add_argument("--set", dest="train_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the LoRA training config, as `wantune train --set` (repeatable), "
+                        "e.g. regularisation.ema_decay=0.99")
     p.add_argument("--eval-clips", type=int, default=16, help="generated clips per prompt set")
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the toy variant's)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -54,7 +59,9 @@ def _learn(args: argparse.Namespace) -> int:
     settings = LearnSettings(clips=args.clips, steps=args.steps, eval_clips=args.eval_clips, rank=args.rank,
                              lr=args.lr, batch_size=args.batch_size,
                              dop_multiplier=args.dop_multiplier, prior_clips=args.prior_clips,
-                             sample_steps=args.sample_steps, seed=args.seed, device=args.device)
+                             sample_steps=args.sample_steps, seed=args.seed, device=args.device,
+                             dop_runs={"both": (False, True), "on": (True,), "off": (False,)}[args.dop],
+                             train_set=tuple(args.train_set))
     import contextlib
     import sys
 
@@ -65,7 +72,7 @@ def _learn(args: argparse.Namespace) -> int:
         print(json.dumps({"base": str(base), "results": results}))
         return 0
     for r in results:
-        for key in ("no_dop", "dop"):
+        for key in (k for k in ("no_dop", "dop") if k in r):
             print(f"{r['concept']:10s} {key:6s} with_lora={r[key]['adherence_with_lora']:.3f} "
                   f"without_lora={r['adherence_without_lora']:.3f} preservation_drop={r[key]['preservation_drop']:.3f} "
                   f"loss {r[key]['first_loss']:.3f}->{r[key]['last_loss']:.3f}")

@@ -49,6 +49,10 @@ class LearnSettings:
     preservation (0: none)."""
     seed: int = 0
     """Seed of the rendered clips and the run."""
+    dop_runs: tuple[bool, ...] = (False, True)
+    """Which LoRAs to train: without DOP (False), with it (True), or both."""
+    train_set: tuple[str, ...] = ()
+    """`wantune train --set KEY=VALUE` overrides of the LoRA training config (e.g. optimizer.lr=5e-4)."""
     device: str | None = None
     """cuda or cpu (default: cuda when available)."""
 
@@ -95,6 +99,24 @@ def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bo
     return cfg
 
 
+def check_train_set(spec: ConceptSpec, base: Path, settings: LearnSettings) -> None:
+    """A bad `--set` key or value fails here, in one line naming it, before anything is rendered or trained."""
+    import tempfile
+
+    from wantune import config as typed
+    from wantune.train.config import load_train_config
+
+    if not settings.train_set:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "train.toml"
+        config.write_text(typed.dumps(train_config(spec, base.resolve(), settings, True)))
+        try:
+            load_train_config(config, list(settings.train_set))
+        except UserError as err:
+            raise UserError("--set: " + str(err).replace(f"{config}: ", "")) from None
+
+
 def train_lora(spec: ConceptSpec, base: Path, work: Path, settings: LearnSettings, dop: bool) -> tuple[Path, dict]:
     """Render, cache and train one LoRA; returns (the LoRA file, {first/last loss})."""
     from wantune import config as typed
@@ -118,8 +140,9 @@ def train_lora(spec: ConceptSpec, base: Path, work: Path, settings: LearnSetting
         config=str(config), vae=None, text_encoder=None, tokenizer=None, clip=None, cache_dir=None, variant=None,
         device=settings.device, dtype="fp32"))
     run_cache(job, progress=False)
-    files = train_main(load_train_config(config))
-    lora = next(f for f in files if f.suffix == ".safetensors")
+    files = train_main(load_train_config(config, list(settings.train_set)))
+    loras = [f for f in files if f.suffix == ".safetensors"]
+    lora = next((f for f in loras if f.stem.endswith("_ema")), loras[0])  # the EMA weights when kept
     losses = [json.loads(line).get("loss") for line in (lora.parent / "metrics.jsonl").read_text().splitlines()]
     losses = [x for x in losses if x is not None]
     return lora, {"first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
@@ -132,6 +155,7 @@ def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSetti
     require_trigger(spec)
     settings.check()
     check_base(base)
+    check_train_set(spec, base, settings)
     start = time.time()
     spec_file = out / spec.name / "concept.json"
     spec_file.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +172,7 @@ def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSetti
     result = {"concept": spec.name, "trigger": spec.trigger,
               "adherence_without_lora": judge_set(spec_file, [], "concept_without_lora"),
               "base_adherence": judge_set("base", [], "base_without_lora")}
-    for dop in (False, True):
+    for dop in settings.dop_runs:
         lora, losses = train_lora(spec, base, out / spec.name, settings, dop)
         key = "dop" if dop else "no_dop"
         with_lora = judge_set(spec_file, [(str(lora), 1.0)], f"concept_with_lora_{key}")
