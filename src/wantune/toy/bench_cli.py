@@ -21,7 +21,7 @@ def register_learn(bench_subparsers) -> None:
                         "motion)")
     p.add_argument("--base", help="folder of the pre-trained toy base model (default: the shipped one)")
     p.add_argument("--out", default="runs/bench_learn", help="where datasets, LoRAs and clips go")
-    p.add_argument("--clips", type=int, default=32, help="training clips per concept")
+    p.add_argument("--clips", type=int, default=128, help="training clips per concept")
     p.add_argument("--steps", type=int, default=1200, help="LoRA training steps")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
     p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (AdamW)")

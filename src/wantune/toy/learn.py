@@ -28,9 +28,9 @@ BASE_FILES = ("tokenizer/spiece.model", "text_encoder.safetensors", "vae.safeten
 class LearnSettings:
     """How long and how big one learn run is."""
 
-    clips: int = 32
+    clips: int = 128
     """Training clips of the concept."""
-    steps: int = 600
+    steps: int = 1200
     """LoRA training steps."""
     batch_size: int = 8
     """Clips per step."""
