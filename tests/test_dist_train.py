@@ -66,7 +66,11 @@ mixed_precision = "no"
 KINDS = {"lora": ("lora", "wan2.1-t2v-1.3b", 1), "full": ("full", "wan2.1-t2v-1.3b", 1),
          "a14b": ("lora", "wan2.2-t2v-a14b", 2)}
 """Run kinds: (network type, variant, gradient accumulation); a14b trains both experts, switching every step."""
-TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+"""Weights after 6 Adam steps at lr 1e-2: Adam divides each gradient by its running RMS, so on a coordinate whose
+gradient is near zero the rounding of a different reduction order (two ranks' all-reduce against one batch of
+two) moves the weight by up to ~1e-5-1e-4 (1.9e-5 seen on one of 256 elements of an A14B LoRA on one CPU model);
+gradients left unsynchronised or averaged wrongly move weights by ~lr."""
 
 
 def _config(tmp: Path, kind: str, name: str, batch: int) -> Path:
