@@ -1,5 +1,7 @@
 """Differential Output Preservation: training a trigger with DOP keeps the class prompt's outputs closer to the
-base model's than the same run without DOP (measured on fixed noise), and the LoRA-off pass is the base model."""
+base model's than the same run without DOP (measured on fixed noise), and the LoRA-off pass is the base model.
+Base-model prior targets: regularisation samples trained towards the base model's prediction keep their prompt's
+outputs closer to the base than the same samples trained towards their own latents."""
 
 import torch
 
@@ -11,7 +13,9 @@ from wantune.train.config import TrainConfig
 from wantune.train.experts import build_models, run_variant
 from wantune.train.recipe import main
 from wantune.train.regularise import lora_disabled
-from wantune.train.sources import synthetic_samples
+from wantune.train.objective import make_inputs
+from wantune.train.regularise import base_prior_target
+from wantune.train.sources import save_samples, synthetic_samples
 
 
 def _cfg(tmp_path, name, dop: bool) -> TrainConfig:
@@ -25,17 +29,18 @@ def _cfg(tmp_path, name, dop: bool) -> TrainConfig:
 
 
 @torch.no_grad()
-def _class_prompt_drift(cfg: TrainConfig, lora_file) -> float:
-    """Mean squared difference between LoRA-merged and base outputs on the class prompt, fixed inputs."""
+def _class_prompt_drift(cfg: TrainConfig, lora_file, sample: dict | None = None, prompt: str = "context_dop_LD") -> float:
+    """Mean squared difference between LoRA-merged and base outputs on the class prompt (or `prompt` of
+    `sample`), fixed inputs."""
     variant = run_variant(cfg)
     base = build_models(cfg, variant)["model"]
     tuned = build_models(cfg, variant)["model"]
     merge_lora(tuned, load_lora(lora_file), 1.0)
-    sample = synthetic_samples(cfg.data.synthetic, variant)[0]
+    sample = sample or synthetic_samples(cfg.data.synthetic, variant)[0]
     g = torch.Generator().manual_seed(5)
     x = torch.randn((8, *sample["latents_CFHW"].shape), generator=g)
     t = torch.linspace(50, 950, 8)
-    context = sample["context_dop_LD"][None].expand(8, -1, -1)
+    context = sample[prompt][None].expand(8, -1, -1)
     return float(((tuned(x, t, context) - base(x, t, context)) ** 2).mean())
 
 
@@ -58,3 +63,41 @@ def test_lora_disabled_gives_the_exact_base_output():
     with lora_disabled(network):
         assert torch.equal(model(x, t, ctx), base)
     assert not torch.allclose(model(x, t, ctx), base)
+
+
+def _prior_cfg(tmp_path, target: str) -> TrainConfig:
+    cfg = _cfg(tmp_path, f"prior_{target}", False)
+    data = {"synthetic": None, "latents_file": str(tmp_path / "trigger.safetensors"),
+            "regularisation_file": str(tmp_path / "prior.safetensors")}
+    return typed.load(TrainConfig, {**typed.to_dict(cfg), "data": data,
+                                    "regularisation": {"prior_target": target}})
+
+
+def test_base_prior_target_keeps_the_regularisation_prompts_outputs(tmp_path):
+    """Trigger samples (prompt 0) plus regularisation samples (prompt 1): with prior_target = "base" the LoRA
+    leaves prompt 1's outputs much closer to the base model's than with "data"."""
+    samples = synthetic_samples(_cfg(tmp_path, "x", False).data.synthetic, run_variant(_cfg(tmp_path, "x", False)))
+    save_samples(tmp_path / "trigger.safetensors", samples[0::2])
+    save_samples(tmp_path / "prior.safetensors", samples[1::2])
+    drift = {target: _class_prompt_drift(cfg, main(cfg)[0], samples[1], "context_LD")
+             for target in ("data", "base") for cfg in [_prior_cfg(tmp_path, target)]}
+    assert drift["data"] > 0 and drift["base"] < 0.25 * drift["data"], drift
+
+
+def test_base_prior_target_replaces_only_regularisation_rows():
+    torch.manual_seed(0)
+    model = WanModel(get_variant("wan2.1-t2v-1.3b", **TINY))
+    network = apply_lora(model, 4, 4.0)
+    for adapter in network.adapters.values():
+        torch.nn.init.normal_(adapter.lora_B.weight)
+    latents = torch.randn(3, 16, 1, 4, 4)
+    inputs = make_inputs(latents, torch.randn_like(latents), torch.tensor([0.2, 0.5, 0.9]), patch=(1, 2, 2))
+    context = torch.randn(3, 3, 32)
+    batch = {"regularization_B": torch.tensor([False, True, False]), "cond_BCFHW": None, "clip_BKD": None}
+    target = base_prior_target(model, network, batch, inputs, context, torch.no_grad)
+    with lora_disabled(network), torch.no_grad():
+        base = model(inputs.x_BCFHW, inputs.t, context)
+    assert torch.equal(target[0], inputs.target_BCFHW[0]) and torch.equal(target[2], inputs.target_BCFHW[2])
+    assert torch.allclose(target[1], base[1], atol=1e-6) and not torch.allclose(target[1], inputs.target_BCFHW[1])
+    batch["regularization_B"] = torch.tensor([False, False, False])
+    assert base_prior_target(model, network, batch, inputs, context, torch.no_grad) is inputs.target_BCFHW

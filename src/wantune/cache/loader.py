@@ -85,11 +85,13 @@ class MemoryStore:
 
 
 def load_entry(store: CacheStore, entry: CacheEntry, flip: int = 0, drop_caption: bool = False) -> dict:
-    """One sample dict (`latents_CFHW`, `context_LD`, `cond_CFHW`, `clip_KD`, `weight`, `sample_id`)."""
+    """One sample dict (`latents_CFHW`, `context_LD`, `cond_CFHW`, `clip_KD`, `weight`, `sample_id`,
+    `regularization`)."""
     tensors = store.load("latents", entry.latent_keys[flip])
     text = store.load("text", entry.empty_text_key if drop_caption else entry.text_key)
     return {"latents_CFHW": tensors["latents"], "context_LD": text["context"], "cond_CFHW": tensors.get("cond"),
-            "clip_KD": tensors.get("clip"), "weight": entry.weight, "sample_id": entry.sample_id}
+            "clip_KD": tensors.get("clip"), "weight": entry.weight, "sample_id": entry.sample_id,
+            "regularization": entry.is_regularization}
 
 
 def collate(samples: list[dict]) -> dict:
@@ -103,6 +105,7 @@ def collate(samples: list[dict]) -> dict:
             "context": [s["context_LD"] for s in samples], "cond_BCFHW": stacked("cond_CFHW"),
             "clip_BKD": stacked("clip_KD"), "context_dop": None if any(d is None for d in dop) else dop,
             "weight_B": torch.tensor([float(s.get("weight", 1.0)) for s in samples]),
+            "regularization_B": torch.tensor([bool(s.get("regularization", False)) for s in samples]),
             "sample_id": [s["sample_id"] for s in samples]}
 
 

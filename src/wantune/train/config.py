@@ -222,12 +222,18 @@ class RegularisationConfig:
     """> 1 turns on differential guidance: target = pred + scale·(target - pred) (0 or 1 = off)."""
     ema_decay: float = 0.0
     """EMA of the trainable weights (0 = off; 0.99-0.9999 typical); saved alongside."""
+    prior_target: str = "data"
+    """What samples of a regularisation dataset (`is_regularization = true`) are trained towards: "data" their
+    own latents (DreamBooth prior preservation), "base" the base model's prediction (network off) at the same noisy
+    input, which keeps the base model's output on those prompts (one extra no-grad forward per batch holding such
+    samples)."""
 
     def validate(self) -> None:
         if self.dop.enabled:
             require(bool(self.dop.trigger and self.dop.class_word),
                     "regularisation.dop: set trigger and class_word when DOP is enabled")
         require(0.0 <= self.ema_decay < 1.0, "regularisation.ema_decay: must be in [0, 1)")
+        require(self.prior_target in ("data", "base"), "regularisation.prior_target: must be \"data\" or \"base\"")
 
 
 @dataclass

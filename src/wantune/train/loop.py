@@ -28,7 +28,7 @@ from wantune.dist.parallel import full_value, grad_sync
 from wantune.train.config import TrainConfig
 from wantune.train.objective import (SigmaRange, differential_target, forward_model, make_inputs, masked_mse_B,
                                      sample_sigmas, stack_context)
-from wantune.train.regularise import EMA, dop_loss
+from wantune.train.regularise import EMA, base_prior_target, dop_loss
 
 
 @dataclass
@@ -122,6 +122,8 @@ def batch_loss(unit: TrainUnit, batch: dict, ctx: StepContext) -> tuple[torch.Te
     with ctx.autocast():
         pred_BCFHW = forward_model(unit.forward_module, batch, inputs, context_BLD)
     target_BCFHW = inputs.target_BCFHW
+    if cfg.regularisation.prior_target == "base" and unit.network is not None:
+        target_BCFHW = base_prior_target(unit.model, unit.network, batch, inputs, context_BLD, ctx.autocast)
     if cfg.regularisation.differential_guidance_scale > 1.0:
         target_BCFHW = differential_target(pred_BCFHW, target_BCFHW, cfg.regularisation.differential_guidance_scale)
     loss_B = masked_mse_B(pred_BCFHW, target_BCFHW, inputs.mask_BCFHW)

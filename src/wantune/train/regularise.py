@@ -1,4 +1,5 @@
-"""Regularisation: EMA of the trainable weights, Differential Output Preservation, LoRA on/off.
+"""Regularisation: EMA of the trainable weights, Differential Output Preservation, base-model prior targets,
+LoRA on/off.
 
 DOP (AI Toolkit's idea): for each batch, a no-grad pass of the *base* model (LoRA off) on the prompt with
 the trigger replaced by the class word gives a target; the LoRA-on prediction for that same class prompt
@@ -63,6 +64,18 @@ def dop_loss(model, network, batch: dict, inputs: NoisyInputs, autocast) -> torc
     with autocast():
         pred_BCFHW = forward_model(model, batch, inputs, context_BLD)
     return masked_mse_B(pred_BCFHW, base_BCFHW, inputs.mask_BCFHW).mean()
+
+
+def base_prior_target(model, network, batch: dict, inputs: NoisyInputs, context_BLD, autocast) -> torch.Tensor:
+    """The flow target with each regularisation sample's row replaced by the base model's (network off, no-grad)
+    prediction at the same noisy input: those rows then ask the LoRA to change nothing."""
+    reg_B = batch.get("regularization_B")
+    if reg_B is None or not bool(reg_B.any()):
+        return inputs.target_BCFHW
+    with torch.no_grad(), lora_disabled(network), autocast():
+        base_BCFHW = forward_model(model, batch, inputs, context_BLD)
+    rows = reg_B.to(base_BCFHW.device).view(-1, *[1] * (base_BCFHW.dim() - 1))
+    return torch.where(rows, base_BCFHW.to(inputs.target_BCFHW.dtype), inputs.target_BCFHW)
 
 
 def replace_trigger(caption: str, trigger: str, class_word: str) -> str:

@@ -2,9 +2,9 @@
 
 A sample is a dict: `latents_CFHW` (normalised latents), `context_LD` (text embedding, true length),
 optional `cond_CFHW` (I2V: mask 4 + image latent 16), `clip_KD` (Wan 2.1 I2V CLIP features),
-`context_dop_LD` (the class prompt for DOP), `weight`, `sample_id`. The loader collates them into the
-batch interface of the loop: `latents_BCFHW`, `context` (list of (L_i, D)), `cond_BCFHW`, `clip_BKD`,
-`context_dop`, `weight_B`, `sample_id`.
+`context_dop_LD` (the class prompt for DOP), `weight`, `sample_id`, `regularization` (a regularisation-set
+sample). The loader collates them into the batch interface of the loop: `latents_BCFHW`, `context` (list of
+(L_i, D)), `cond_BCFHW`, `clip_BKD`, `context_dop`, `weight_B`, `regularization_B`, `sample_id`.
 
 Sources: `data.latents_file` (a safetensors file of precomputed samples, written by `save_samples`) and
 `data.synthetic` (a generated, learnable toy set for tests and demos: two text embeddings, each paired
@@ -217,7 +217,8 @@ def build_data(cfg, variant: WanVariant, rank: int = 0, world: int = 1) -> RunDa
         validation = load_samples(cfg.validation.latents_file, "validation.latents_file")
     if data.regularisation_file is not None:
         extra = load_samples(data.regularisation_file, "data.regularisation_file")
-        train = train + [{**s, "weight": s["weight"] * data.regularisation_weight} for s in extra]
+        train = train + [{**s, "weight": s["weight"] * data.regularisation_weight, "regularization": True}
+                         for s in extra]
     _check_shapes(train + validation, variant)
     loader = SampleLoader(train, cfg.training.batch_size, data.shuffle, cfg.training.seed, data.caption_dropout,
                           rank, world)
