@@ -51,6 +51,7 @@ def test_bench_learn_smoke(tmp_path, capsys):
     prior = sorted((work / "prior" / "captions").glob("*.txt"))
     assert len(prior) == 2 and not any("orbix" in p.read_text() for p in prior)
     assert "4 training samples" in (work / "runs" / "motion_dop" / "train.log").read_text()
+    assert 'prior_target = "base"' in (work / "runs" / "motion_dop" / "config.toml").read_text()
     # one LoRA only (no DOP), a training key overridden: the EMA weights are the ones judged
     code = cli_main(["bench", "learn", "--concept", "motion", "--base", str(base), "--out", str(tmp_path / "e"),
                      "--clips", "2", "--steps", "3", "--eval-clips", "1", "--sample-steps", "2", "--device", "cpu",

@@ -29,6 +29,8 @@ def register_learn(bench_subparsers) -> None:
     p.add_argument("--dop-multiplier", type=float, default=1.0, help="weight of the DOP preservation loss")
     p.add_argument("--prior-clips", type=int, default=32,
                    help="base-world clips without the trigger added as a regularisation dataset (prior preservation)")
+    p.add_argument("--prior-target", choices=("base", "data"), default="base",
+                   help="train the prior clips towards the base model's prediction (default) or their latents")
     p.add_argument("--dop", choices=("both", "on", "off"), default="both",
                    help="train the LoRA with DOP, without it, or both (default)")
     p.add_argument("--set", dest="train_set", action="append", default=[], metavar="KEY=VALUE",
@@ -59,6 +61,7 @@ def _learn(args: argparse.Namespace) -> int:
     settings = LearnSettings(clips=args.clips, steps=args.steps, eval_clips=args.eval_clips, rank=args.rank,
                              lr=args.lr, batch_size=args.batch_size,
                              dop_multiplier=args.dop_multiplier, prior_clips=args.prior_clips,
+                             prior_target=args.prior_target,
                              sample_steps=args.sample_steps, seed=args.seed, device=args.device,
                              dop_runs={"both": (False, True), "on": (True,), "off": (False,)}[args.dop],
                              train_set=tuple(args.train_set))

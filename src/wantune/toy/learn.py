@@ -45,8 +45,10 @@ class LearnSettings:
     dop_multiplier: float = 1.0
     """Weight of the DOP preservation loss (DOP runs)."""
     prior_clips: int = 0
-    """Base-world clips (captions without the trigger) added as a regularisation dataset, DreamBooth-style prior
-    preservation (0: none)."""
+    """Base-world clips (captions without the trigger) added as a regularisation dataset (0: none)."""
+    prior_target: str = "base"
+    """What the prior clips are trained towards: "base" the base model's own prediction (the LoRA should change
+    nothing on them), "data" their latents (DreamBooth prior preservation); `regularisation.prior_target`."""
     seed: int = 0
     """Seed of the rendered clips and the run."""
     dop_runs: tuple[bool, ...] = (False, True)
@@ -93,9 +95,12 @@ def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bo
         "training": {"steps": settings.steps, "batch_size": settings.batch_size, "mixed_precision": "no",
                      "seed": settings.seed, **({"device": settings.device} if settings.device else {})},
     }
+    if settings.prior_clips:
+        cfg["regularisation"] = {"prior_target": settings.prior_target}
     if dop:
-        cfg["regularisation"] = {"dop": {"enabled": True, "trigger": spec.trigger, "class_word": spec.class_word or "thing",
-                                         "multiplier": settings.dop_multiplier}}
+        cfg.setdefault("regularisation", {})["dop"] = {
+            "enabled": True, "trigger": spec.trigger, "class_word": spec.class_word or "thing",
+            "multiplier": settings.dop_multiplier}
     return cfg
 
 
