@@ -3,6 +3,8 @@ base model's than the same run without DOP (measured on fixed noise), and the Lo
 Base-model prior targets: regularisation samples trained towards the base model's prediction keep their prompt's
 outputs closer to the base than the same samples trained towards their own latents."""
 
+import contextlib
+
 import torch
 
 from wantune import config as typed
@@ -14,7 +16,7 @@ from wantune.train.experts import build_models, run_variant
 from wantune.train.recipe import main
 from wantune.train.regularise import lora_disabled
 from wantune.train.objective import make_inputs
-from wantune.train.regularise import base_prior_target
+from wantune.train.regularise import base_prior_target, dop_loss
 from wantune.train.sources import save_samples, synthetic_samples
 
 
@@ -101,3 +103,21 @@ def test_base_prior_target_replaces_only_regularisation_rows():
     assert torch.allclose(target[1], base[1], atol=1e-6) and not torch.allclose(target[1], inputs.target_BCFHW[1])
     batch["regularization_B"] = torch.tensor([False, False, False])
     assert base_prior_target(model, network, batch, inputs, context, torch.no_grad) is inputs.target_BCFHW
+
+
+def test_dop_loss_over_kept_rows_equals_the_loss_of_those_rows_alone():
+    torch.manual_seed(0)
+    model = WanModel(get_variant("wan2.1-t2v-1.3b", **TINY))
+    network = apply_lora(model, 4, 4.0)
+    for adapter in network.adapters.values():
+        torch.nn.init.normal_(adapter.lora_B.weight)
+    latents = torch.randn(3, 16, 1, 4, 4)
+    inputs = make_inputs(latents, torch.randn_like(latents), torch.tensor([0.2, 0.5, 0.9]))
+    batch = {"context_dop": [torch.randn(3, 32) for _ in range(3)], "cond_BCFHW": None, "clip_BKD": None}
+    kept = dop_loss(model, network, batch, inputs, contextlib.nullcontext, torch.tensor([True, False, True]))
+    alone = make_inputs(latents[[0, 2]], inputs.target_BCFHW[[0, 2]] + latents[[0, 2]], torch.tensor([0.2, 0.9]))
+    expected = dop_loss(model, network, {**batch, "context_dop": batch["context_dop"][0::2]}, alone,
+                        contextlib.nullcontext)
+    assert kept is not None and torch.allclose(kept, expected, atol=1e-6)
+    assert not torch.allclose(kept, dop_loss(model, network, batch, inputs, contextlib.nullcontext), atol=1e-6)
+    assert dop_loss(model, network, batch, inputs, contextlib.nullcontext, torch.tensor([False] * 3)) is None

@@ -130,9 +130,13 @@ def batch_loss(unit: TrainUnit, batch: dict, ctx: StepContext) -> tuple[torch.Te
     loss = (loss_B * batch["weight_B"]).sum() / batch["weight_B"].sum()
     parts = {"loss/flow": loss.item(), "sigma_mean": sigma_B.mean().item()}
     if cfg.regularisation.dop.enabled and unit.network is not None and batch.get("context_dop") is not None:
-        preserve = dop_loss(unit.model, unit.network, batch, inputs, ctx.autocast)
-        parts["loss/dop"] = preserve.item()
-        loss = loss + cfg.regularisation.dop.multiplier * preserve
+        # with base-model prior targets a regularisation row's caption already asks for the base output
+        reg_B = batch.get("regularization_B")
+        rows_B = ~reg_B if reg_B is not None and cfg.regularisation.prior_target == "base" else None
+        preserve = dop_loss(unit.model, unit.network, batch, inputs, ctx.autocast, rows_B)
+        if preserve is not None:
+            parts["loss/dop"] = preserve.item()
+            loss = loss + cfg.regularisation.dop.multiplier * preserve
     return loss, parts
 
 

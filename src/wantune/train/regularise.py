@@ -56,9 +56,20 @@ def lora_disabled(network) -> Iterator[None]:
             adapter.scale = scales[path]
 
 
-def dop_loss(model, network, batch: dict, inputs: NoisyInputs, autocast) -> torch.Tensor:
-    """Mean MSE between the LoRA-on and the base (LoRA-off, no-grad) predictions on the class prompt."""
-    context_BLD = stack_context(batch["context_dop"]).to(inputs.x_BCFHW.device)
+def dop_loss(model, network, batch: dict, inputs: NoisyInputs, autocast, rows_B: torch.Tensor | None = None):
+    """Mean MSE between the LoRA-on and the base (LoRA-off, no-grad) predictions on the class prompt, over the
+    rows `rows_B` keeps (all by default); None when it keeps none."""
+    context = batch["context_dop"]
+    if rows_B is not None and not bool(rows_B.all()):
+        if not bool(rows_B.any()):
+            return None
+        keep = rows_B.nonzero().flatten().tolist()
+        context = [context[i] for i in keep]
+        batch = {k: v[keep] if isinstance(v, torch.Tensor) and k.endswith(("_BCFHW", "_BKD")) else v
+                 for k, v in batch.items()}
+        inputs = NoisyInputs(inputs.x_BCFHW[keep], inputs.t[keep], inputs.target_BCFHW[keep],
+                             None if inputs.mask_BCFHW is None else inputs.mask_BCFHW[keep])
+    context_BLD = stack_context(context).to(inputs.x_BCFHW.device)
     with torch.no_grad(), lora_disabled(network), autocast():
         base_BCFHW = forward_model(model, batch, inputs, context_BLD)
     with autocast():
