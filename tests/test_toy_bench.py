@@ -38,7 +38,7 @@ def test_bench_learn_smoke(tmp_path, capsys):
     capsys.readouterr()  # the pre-training's own messages
     code = cli_main(["bench", "learn", "--concept", "motion", "--base", str(base), "--out", str(tmp_path / "o"),
                      "--clips", "2", "--steps", "3", "--eval-clips", "1", "--sample-steps", "2", "--device", "cpu",
-                     "--prior-clips", "2", "--json"])
+                     "--prior-clips", "2", "--prior-target", "base", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
     for key in ("no_dop", "dop"):

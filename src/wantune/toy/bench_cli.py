@@ -29,8 +29,8 @@ def register_learn(bench_subparsers) -> None:
     p.add_argument("--dop-multiplier", type=float, default=1.0, help="weight of the DOP preservation loss")
     p.add_argument("--prior-clips", type=int, default=32,
                    help="base-world clips without the trigger added as a regularisation dataset (prior preservation)")
-    p.add_argument("--prior-target", choices=("base", "data"), default="base",
-                   help="train the prior clips towards the base model's prediction (default) or their latents")
+    p.add_argument("--prior-target", choices=("data", "base"), default="data",
+                   help="train the prior clips towards their latents (default) or the base model's prediction")
     p.add_argument("--dop", choices=("both", "on", "off"), default="both",
                    help="train the LoRA with DOP, without it, or both (default)")
     p.add_argument("--set", dest="train_set", action="append", default=[], metavar="KEY=VALUE",

@@ -46,9 +46,9 @@ class LearnSettings:
     """Weight of the DOP preservation loss (DOP runs)."""
     prior_clips: int = 0
     """Base-world clips (captions without the trigger) added as a regularisation dataset (0: none)."""
-    prior_target: str = "base"
-    """What the prior clips are trained towards: "base" the base model's own prediction (the LoRA should change
-    nothing on them), "data" their latents (DreamBooth prior preservation); `regularisation.prior_target`."""
+    prior_target: str = "data"
+    """What the prior clips are trained towards: "data" their latents (DreamBooth prior preservation), "base" the
+    base model's own prediction (the LoRA should change nothing on them); `regularisation.prior_target`."""
     seed: int = 0
     """Seed of the rendered clips and the run."""
     dop_runs: tuple[bool, ...] = (False, True)
