@@ -86,14 +86,20 @@ def test_base_prior_target_keeps_the_regularisation_prompts_outputs(tmp_path):
     assert drift["data"] > 0 and drift["base"] < 0.25 * drift["data"], drift
 
 
-def test_base_prior_target_replaces_only_regularisation_rows():
+def _lora_model_and_inputs():
+    """A tiny model with a LoRA that changes its output, and noisy inputs of three samples at σ 0.2, 0.5, 0.9."""
     torch.manual_seed(0)
     model = WanModel(get_variant("wan2.1-t2v-1.3b", **TINY))
     network = apply_lora(model, 4, 4.0)
     for adapter in network.adapters.values():
         torch.nn.init.normal_(adapter.lora_B.weight)
     latents = torch.randn(3, 16, 1, 4, 4)
-    inputs = make_inputs(latents, torch.randn_like(latents), torch.tensor([0.2, 0.5, 0.9]), patch=(1, 2, 2))
+    inputs = make_inputs(latents, torch.randn_like(latents), torch.tensor([0.2, 0.5, 0.9]))
+    return model, network, latents, inputs
+
+
+def test_base_prior_target_replaces_only_regularisation_rows():
+    model, network, _, inputs = _lora_model_and_inputs()
     context = torch.randn(3, 3, 32)
     batch = {"regularization_B": torch.tensor([False, True, False]), "cond_BCFHW": None, "clip_BKD": None}
     target = base_prior_target(model, network, batch, inputs, context, torch.no_grad)
@@ -106,13 +112,7 @@ def test_base_prior_target_replaces_only_regularisation_rows():
 
 
 def test_dop_loss_over_kept_rows_equals_the_loss_of_those_rows_alone():
-    torch.manual_seed(0)
-    model = WanModel(get_variant("wan2.1-t2v-1.3b", **TINY))
-    network = apply_lora(model, 4, 4.0)
-    for adapter in network.adapters.values():
-        torch.nn.init.normal_(adapter.lora_B.weight)
-    latents = torch.randn(3, 16, 1, 4, 4)
-    inputs = make_inputs(latents, torch.randn_like(latents), torch.tensor([0.2, 0.5, 0.9]))
+    model, network, latents, inputs = _lora_model_and_inputs()
     batch = {"context_dop": [torch.randn(3, 32) for _ in range(3)], "cond_BCFHW": None, "clip_BKD": None}
     kept = dop_loss(model, network, batch, inputs, contextlib.nullcontext, torch.tensor([True, False, True]))
     alone = make_inputs(latents[[0, 2]], inputs.target_BCFHW[[0, 2]] + latents[[0, 2]], torch.tensor([0.2, 0.9]))
