@@ -19,6 +19,8 @@ def test_bench_learn_checks_inputs(tmp_path, capsys):
     assert cli_main(["bench", "learn", "--concept", "motion", "--prior-clips", "-1", "--out", str(tmp_path / "p")]) == 2
     assert capsys.readouterr().err.strip() == "error: --prior-clips -1: must be >= 0"
     assert not (tmp_path / "p").exists()  # refused before anything was rendered
+    assert cli_main(["bench", "learn", "--concept", "motion", "--strength", "0", "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --strength 0.0: must be > 0"
     assert cli_main(["bench", "learn", "--concept", "motion", "--set", "optimizer.bogus=1",
                      "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip()
@@ -38,11 +40,11 @@ def test_bench_learn_smoke(tmp_path, capsys):
     capsys.readouterr()  # the pre-training's own messages
     code = cli_main(["bench", "learn", "--concept", "motion", "--base", str(base), "--out", str(tmp_path / "o"),
                      "--clips", "2", "--steps", "3", "--eval-clips", "1", "--sample-steps", "2", "--device", "cpu",
-                     "--prior-clips", "2", "--prior-target", "base", "--json"])
+                     "--prior-clips", "2", "--prior-target", "base", "--strength", "1.3", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
     for key in ("no_dop", "dop"):
-        assert 0.0 <= result[key]["adherence_with_lora"] <= 1.0
+        assert 0.0 <= result[key]["adherence_with_lora"] <= 1.0 and result[key]["strength"] == 1.3
         assert (tmp_path / "o" / "motion" / "runs" / f"motion_{'dop' if key == 'dop' else 'plain'}").is_dir()
     assert 0.0 <= result["adherence_without_lora"] <= 1.0
     assert set(result["passed_per_attribute"]["concept_with_lora_dop"]) == {"shape", "color", "motion", "background"}

@@ -36,6 +36,8 @@ def register_learn(bench_subparsers) -> None:
     p.add_argument("--set", dest="train_set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the LoRA training config, as `wantune train --set` (repeatable), "
                         "e.g. regularisation.ema_decay=0.99")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="LoRA strength for the clips generated with it (concept and base-world prompts)")
     p.add_argument("--eval-clips", type=int, default=16, help="generated clips per prompt set")
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the toy variant's)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -61,7 +63,7 @@ def _learn(args: argparse.Namespace) -> int:
     settings = LearnSettings(clips=args.clips, steps=args.steps, eval_clips=args.eval_clips, rank=args.rank,
                              lr=args.lr, batch_size=args.batch_size,
                              dop_multiplier=args.dop_multiplier, prior_clips=args.prior_clips,
-                             prior_target=args.prior_target,
+                             prior_target=args.prior_target, strength=args.strength,
                              sample_steps=args.sample_steps, seed=args.seed, device=args.device,
                              dop_runs={"both": (False, True), "on": (True,), "off": (False,)}[args.dop],
                              train_set=tuple(args.train_set))

@@ -51,6 +51,8 @@ class LearnSettings:
     base model's own prediction (the LoRA should change nothing on them); `regularisation.prior_target`."""
     seed: int = 0
     """Seed of the rendered clips and the run."""
+    strength: float = 1.0
+    """LoRA strength at which the LoRA is judged (concept and base-world prompts alike)."""
     dop_runs: tuple[bool, ...] = (False, True)
     """Which LoRAs to train: without DOP (False), with it (True), or both."""
     train_set: tuple[str, ...] = ()
@@ -65,6 +67,8 @@ class LearnSettings:
                                    ("--eval-clips", self.eval_clips, 1), ("--prior-clips", self.prior_clips, 0)):
             if value < least:
                 raise UserError(f"{flag} {value}: must be >= {least}")
+        if not self.strength > 0:
+            raise UserError(f"--strength {self.strength}: must be > 0")
 
 
 def check_base(base: Path) -> None:
@@ -180,9 +184,10 @@ def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSetti
     for dop in settings.dop_runs:
         lora, losses = train_lora(spec, base, out / spec.name, settings, dop)
         key = "dop" if dop else "no_dop"
-        with_lora = judge_set(spec_file, [(str(lora), 1.0)], f"concept_with_lora_{key}")
-        base_with = judge_set("base", [(str(lora), 1.0)], f"base_with_lora_{key}")
-        result[key] = {"lora": str(lora), **losses, "adherence_with_lora": with_lora,
+        with_lora = judge_set(spec_file, [(str(lora), settings.strength)], f"concept_with_lora_{key}")
+        base_with = judge_set("base", [(str(lora), settings.strength)], f"base_with_lora_{key}")
+        result[key] = {"lora": str(lora), "strength": settings.strength, **losses,
+                       "adherence_with_lora": with_lora,
                        "preservation_drop": round(result["base_adherence"] - base_with, 4)}
     result["passed_per_attribute"] = passed
     result["seconds"] = round(time.time() - start, 1)
