@@ -1,27 +1,43 @@
 #!/usr/bin/env bash
-# One device call: several `wantune bench learn` runs side by side on one GPU (a LoRA recipe sweep on the
-# shipped toy base), each line of the file "NAME CONCEPT ARGS..." one process; results appended to
-# $OUT/sweep.jsonl as {"run": NAME, "args": ..., result...}.
-#   bash benchmarks/toy_sweep_gpu.sh RUNS_FILE [SECONDS_PER_RUN]
+# Several `wantune bench learn` runs side by side on one GPU (a LoRA recipe sweep on the shipped toy base), each
+# line of the file "NAME CONCEPT ARGS..." one process; results appended to $OUT/sweep.jsonl as
+# {"run": NAME, "args": ..., result...}.
+#   bash benchmarks/toy_sweep_gpu.sh RUNS_FILE [SECONDS_PER_RUN]            start, wait, collect (one call)
+#   MODE=start bash benchmarks/toy_sweep_gpu.sh RUNS_FILE [SECONDS_PER_RUN]  start detached (setsid) and return
+#   MODE=collect bash benchmarks/toy_sweep_gpu.sh RUNS_FILE [WAIT_SECONDS]   wait for the detached runs, collect
+# The detached runs outlive the device call that started them (the machine stays while later calls come), so a
+# sweep longer than one call's 10 minutes is start + collect [+ collect].
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-W=$PWD/out/sweep; R=${OUT:-$W}; mkdir -p $W $R; LIMIT=${2:-480}
+W=$PWD/out/sweep; R=${OUT:-$W}; mkdir -p $W $R; LIMIT=${2:-480}; MODE=${MODE:-all}
+runs() { grep -v '^\s*#' "$1" | grep -v '^\s*$'; }
 date
-while read -r name concept args; do
-  [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
-  timeout $LIMIT python3 -m wantune.cli bench learn --concept $concept --out $W/$name --eval-clips 16 --device cuda \
-    --json $args > $W/$name.json 2> $W/$name.err &
-done < "$1"
-wait
+if [ "$MODE" != collect ]; then
+  while read -r name concept args; do
+    rm -f $W/$name.json $W/$name.done
+    setsid bash -c "timeout $LIMIT python3 -m wantune.cli bench learn --concept $concept --out $W/$name \
+      --eval-clips 16 --device cuda --json $args > $W/$name.json 2> $W/$name.err; touch $W/$name.done" \
+      < /dev/null > /dev/null 2>&1 &
+  done < <(runs "$1")
+  [ "$MODE" = start ] && { sleep 20; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv; exit 0; }
+fi
+deadline=$(( $(date +%s) + ${2:-580} ))
+while :; do
+  left=0; while read -r name rest; do [ -e $W/$name.done ] || left=$((left + 1)); done < <(runs "$1")
+  [ $left = 0 ] && break
+  [ "$MODE" = collect ] && [ $(date +%s) -ge $deadline ] && { echo "$left runs still going"; break; }
+  sleep 10
+done
 date
+cp $W/*.err $R/ 2>/dev/null; : > $R/sweep.jsonl
 while read -r name concept args; do
-  [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
+  [ -e $W/$name.done ] || { echo "$name running: $(grep -c . $W/$name/*/runs/*/metrics.jsonl 2>/dev/null | tail -1)"; continue; }
   python3 - "$W/$name.json" "$name" "$args" "$R/sweep.jsonl" <<'PY' || { echo "$name failed"; tail -n 3 $W/$name.err; }
 import json, sys
 r = json.load(open(sys.argv[1]))["results"][0]
 open(sys.argv[4], "a").write(json.dumps({"run": sys.argv[2], "args": sys.argv[3], **r}) + "\n")
 runs = {k: (r[k]["adherence_with_lora"], r[k]["preservation_drop"], r[k]["last_loss"]) for k in ("no_dop", "dop") if k in r}
-print(sys.argv[2], r["concept"], r["adherence_without_lora"], runs, r["passed_per_attribute"].get("concept_with_lora_no_dop"), r["seconds"])
+print(sys.argv[2], r["concept"], r["adherence_without_lora"], runs, r["seconds"])
 PY
-done < "$1"
+done < <(runs "$1")

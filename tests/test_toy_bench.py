@@ -17,15 +17,50 @@ def test_bench_learn_checks_inputs(tmp_path, capsys):
     assert code == 2
     assert "pre-trained toy base model is missing" in capsys.readouterr().err
     assert cli_main(["bench", "learn", "--concept", "motion", "--prior-clips", "-1", "--out", str(tmp_path / "p")]) == 2
-    assert capsys.readouterr().err.strip() == "error: --prior-clips -1: must be >= 0"
+    assert capsys.readouterr().err.strip() == "error: concept 'motion' (flag or its [recipe]): --prior-clips -1: must be >= 0"
     assert not (tmp_path / "p").exists()  # refused before anything was rendered
     assert cli_main(["bench", "learn", "--concept", "motion", "--strength", "0", "--out", str(tmp_path / "s")]) == 2
-    assert capsys.readouterr().err.strip() == "error: --strength 0.0: must be > 0"
+    assert capsys.readouterr().err.strip() == "error: concept 'motion' (flag or its [recipe]): --strength 0.0: must be > 0"
     assert cli_main(["bench", "learn", "--concept", "motion", "--set", "optimizer.bogus=1",
                      "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --set: unknown key 'optimizer.bogus'") and "\n" not in err
     assert not (tmp_path / "q").exists()
+
+
+def _concept_with_recipe(path, recipe: str):
+    from wantune.toy.spec import CONCEPTS_DIR
+
+    path.write_text((CONCEPTS_DIR / "motion.toml").read_text() + "\n[recipe]\n" + recipe)
+    return path
+
+
+def test_concept_recipe_sits_between_flags_and_defaults(tmp_path):
+    from wantune.toy.learn import LearnSettings, settings_for
+    from wantune.toy.spec import load_concept
+
+    spec = load_concept(_concept_with_recipe(tmp_path / "m.toml", 'steps = 7\nprior_target = "base"\nlr = 2e-3\n'))
+    defaults = LearnSettings(prior_clips=32, eval_clips=3)
+    settings = settings_for(spec, defaults, {"steps": None, "lr": 5e-4, "prior_clips": 5})
+    assert (settings.steps, settings.prior_target, settings.lr, settings.prior_clips) == (7, "base", 5e-4, 5)
+    assert (settings.rank, settings.eval_clips) == (16, 3)  # neither flag nor recipe: the bench's defaults
+    plain = settings_for(load_concept("style"), defaults, {})
+    assert (plain.steps, plain.prior_target, plain.prior_clips) == (1200, "data", 32)
+
+
+def test_bench_learn_refuses_a_bad_recipe_before_training(tmp_path, capsys):
+    bad = _concept_with_recipe(tmp_path / "bad.toml", 'prior_target = "latents"\n')
+    assert cli_main(["bench", "learn", "--concept", str(bad), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "recipe.prior_target 'latents'" in err and "\n" not in err
+    typo = _concept_with_recipe(tmp_path / "typo.toml", "stepz = 10\n")
+    assert cli_main(["bench", "learn", "--concept", str(typo), "--out", str(tmp_path / "b")]) == 2
+    assert "recipe.stepz" in capsys.readouterr().err
+    # the second concept's recipe is checked before the first concept renders or trains anything
+    zero = _concept_with_recipe(tmp_path / "zero.toml", "steps = 0\n")
+    assert cli_main(["bench", "learn", "--concept", "motion", "--concept", str(zero), "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.strip() == "error: concept 'motion' (flag or its [recipe]): --steps 0: must be >= 1"
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow
@@ -54,6 +89,7 @@ def test_bench_learn_smoke(tmp_path, capsys):
     assert len(prior) == 2 and not any("orbix" in p.read_text() for p in prior)
     assert "4 training samples" in (work / "runs" / "motion_dop" / "train.log").read_text()
     assert 'prior_target = "base"' in (work / "runs" / "motion_dop" / "config.toml").read_text()
+    assert result["recipe"]["prior_target"] == "base" and result["recipe"]["steps"] == 3
     # one LoRA only (no DOP), a training key overridden: the EMA weights are the ones judged
     code = cli_main(["bench", "learn", "--concept", "motion", "--base", str(base), "--out", str(tmp_path / "e"),
                      "--clips", "2", "--steps", "3", "--eval-clips", "1", "--sample-steps", "2", "--device", "cpu",

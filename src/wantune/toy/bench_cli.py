@@ -21,16 +21,19 @@ def register_learn(bench_subparsers) -> None:
                         "motion)")
     p.add_argument("--base", help="folder of the pre-trained toy base model (default: the shipped one)")
     p.add_argument("--out", default="runs/bench_learn", help="where datasets, LoRAs and clips go")
-    p.add_argument("--clips", type=int, default=128, help="training clips per concept")
-    p.add_argument("--steps", type=int, default=1200, help="LoRA training steps")
-    p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
-    p.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (AdamW)")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per training step")
-    p.add_argument("--dop-multiplier", type=float, default=1.0, help="weight of the DOP preservation loss")
-    p.add_argument("--prior-clips", type=int, default=32,
-                   help="base-world clips without the trigger added as a regularisation dataset (prior preservation)")
-    p.add_argument("--prior-target", choices=("data", "base"), default="data",
-                   help="train the prior clips towards their latents (default) or the base model's prediction")
+    recipe = p.add_argument_group(
+        "recipe", "unset: the concept's [recipe] table, else the default shown (docs/toy.md)")
+    recipe.add_argument("--clips", type=int, help="training clips per concept (128)")
+    recipe.add_argument("--steps", type=int, help="LoRA training steps (1200)")
+    recipe.add_argument("--rank", type=int, help="LoRA rank, alpha = rank (16)")
+    recipe.add_argument("--lr", type=float, help="LoRA learning rate, AdamW (1e-3)")
+    recipe.add_argument("--batch-size", type=int, help="clips per training step (8)")
+    recipe.add_argument("--dop-multiplier", type=float, help="weight of the DOP preservation loss (1.0)")
+    recipe.add_argument("--prior-clips", type=int,
+                        help="base-world clips without the trigger added as a regularisation dataset (32)")
+    recipe.add_argument("--prior-target", choices=("data", "base"),
+                        help="train the prior clips towards their latents (data, the default) or the base model's "
+                             "prediction (base)")
     p.add_argument("--dop", choices=("both", "on", "off"), default="both",
                    help="train the LoRA with DOP, without it, or both (default)")
     p.add_argument("--set", dest="train_set", action="append", default=[], metavar="KEY=VALUE",
@@ -50,7 +53,9 @@ def _learn(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from wantune.toy.learn import LearnSettings, check_base, learn_concept, require_trigger
+    from wantune.toy.learn import (RECIPE_FIELDS, LearnSettings, check_base, learn_concept, require_trigger,
+                                   settings_for)
+    from wantune.errors import UserError
     from wantune.toy.spec import load_concept
 
     specs = [load_concept(c) for c in (args.concept or DEFAULT_TASKS)]
@@ -60,19 +65,23 @@ def _learn(args: argparse.Namespace) -> int:
 
     base = Path(args.base) if args.base else BASE_DIR
     check_base(base)
-    settings = LearnSettings(clips=args.clips, steps=args.steps, eval_clips=args.eval_clips, rank=args.rank,
-                             lr=args.lr, batch_size=args.batch_size,
-                             dop_multiplier=args.dop_multiplier, prior_clips=args.prior_clips,
-                             prior_target=args.prior_target, strength=args.strength,
+    defaults = LearnSettings(prior_clips=32, eval_clips=args.eval_clips, strength=args.strength,
                              sample_steps=args.sample_steps, seed=args.seed, device=args.device,
                              dop_runs={"both": (False, True), "on": (True,), "off": (False,)}[args.dop],
                              train_set=tuple(args.train_set))
+    flags = {k: getattr(args, k) for k in RECIPE_FIELDS}
+    runs = [(spec, settings_for(spec, defaults, flags)) for spec in specs]
+    for spec, settings in runs:  # every concept's settings are checked before the first one trains
+        try:
+            settings.check()
+        except UserError as err:
+            raise UserError(f"concept '{spec.name}' (flag or its [recipe]): {err}") from None
     import contextlib
     import sys
 
     # with --json, stdout carries the JSON only; training messages go to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        results = [learn_concept(spec, base, Path(args.out), settings) for spec in specs]
+        results = [learn_concept(spec, base, Path(args.out), settings) for spec, settings in runs]
     if args.json:
         print(json.dumps({"base": str(base), "results": results}))
         return 0

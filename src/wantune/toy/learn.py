@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from wantune.errors import UserError
@@ -69,6 +69,16 @@ class LearnSettings:
                 raise UserError(f"{flag} {value}: must be >= {least}")
         if not self.strength > 0:
             raise UserError(f"--strength {self.strength}: must be > 0")
+
+
+RECIPE_FIELDS = ("clips", "steps", "batch_size", "rank", "lr", "prior_clips", "prior_target", "dop_multiplier")
+
+
+def settings_for(spec: ConceptSpec, settings: LearnSettings, flags: dict) -> LearnSettings:
+    """The settings of one concept's run: the flags given on the command line, else the concept's `[recipe]`,
+    else `settings` (the bench's defaults)."""
+    recipe = {k: v for k in RECIPE_FIELDS if (v := getattr(spec.recipe, k)) is not None}
+    return replace(settings, **{**recipe, **{k: v for k, v in flags.items() if v is not None}})
 
 
 def check_base(base: Path) -> None:
@@ -179,6 +189,7 @@ def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSetti
         return summary["adherence"]
 
     result = {"concept": spec.name, "trigger": spec.trigger,
+              "recipe": {k: getattr(settings, k) for k in RECIPE_FIELDS},
               "adherence_without_lora": judge_set(spec_file, [], "concept_without_lora"),
               "base_adherence": judge_set("base", [], "base_without_lora")}
     for dop in settings.dop_runs:

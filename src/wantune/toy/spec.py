@@ -50,6 +50,33 @@ class Option:
 
 
 @dataclass
+class Recipe:
+    """How `wantune bench learn` trains a LoRA of this concept when no flag says otherwise (unset: the bench's
+    default). A concept's measured best recipe lives with the concept, so a new concept needs no code."""
+
+    clips: int | None = None
+    """Training clips of the concept."""
+    steps: int | None = None
+    """LoRA training steps."""
+    batch_size: int | None = None
+    """Clips per step."""
+    rank: int | None = None
+    """LoRA rank (alpha = rank)."""
+    lr: float | None = None
+    """AdamW learning rate."""
+    prior_clips: int | None = None
+    """Base-world clips added as a regularisation dataset."""
+    prior_target: str | None = None
+    """"data" or "base" (`regularisation.prior_target`)."""
+    dop_multiplier: float | None = None
+    """Weight of the DOP preservation loss."""
+
+    def validate(self) -> None:
+        if self.prior_target not in (None, "data", "base"):
+            raise UserError(f"recipe.prior_target '{self.prior_target}': must be \"data\" or \"base\"")
+
+
+@dataclass
 class ConceptSpec:
     """A concept of the toy world: the options each clip draws from, sizes, speeds and captions."""
 
@@ -85,6 +112,8 @@ class ConceptSpec:
     """Frames per second."""
     description: str = ""
     """Free text: what the concept is for."""
+    recipe: Recipe = field(default_factory=Recipe)
+    """The LoRA recipe `wantune bench learn` uses for this concept (its flags override it)."""
 
     def validate(self) -> None:
         for attr, parse in (("shape", parse_shape), ("color", parse_color), ("motion", parse_motion),
