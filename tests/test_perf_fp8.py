@@ -73,3 +73,51 @@ def test_tiny_model_fp8_loss_and_lora_grads_close_to_bf16():
     assert report["loss_rel_diff"] < 0.01
     assert report["grad_cos"] > 0.99
     assert 0 < report["grad_rel_l2"] < 0.1  # not identical: fp8 really is in the path
+
+
+def test_fp8_input_gradient_folds_the_weight_scales_into_the_gradient():
+    """fp8_backward: grad_x from the e4m3 gradient (weight row scales folded in) and the stored fp8 weight, against
+    the exact grad @ dequant(W) of the bf16-backward path; the quantised gradient really is in the path."""
+    from wantune.perf.fp8 import quantize_grad, set_fp8_backward
+
+    torch.manual_seed(0)
+    model = _ffn_model()
+    with torch.no_grad():  # rows of very different magnitude: the per-row weight scales must reach the result
+        model.blocks[0].ffn[2].weight.mul_(torch.logspace(-2, 1, 256)[:, None])
+    quantize_linears_fp8(model)
+    layer = model.blocks[0].ffn[2]
+    x = torch.randn(3, 37, 512)
+    grad = torch.randn(3, 37, 256) * torch.logspace(-3, 1, 37)[None, :, None]
+    grads = {}
+    for fp8 in (False, True):
+        assert set_fp8_backward(model, fp8) == 2
+        xi = x.clone().requires_grad_(True)
+        layer(xi).backward(grad)
+        grads[fp8] = xi.grad
+    exact, approx = grads[False], grads[True]
+    assert approx.shape == exact.shape and not torch.equal(approx, exact)
+    rel_rows = (approx - exact).flatten(0, 1).norm(dim=1) / exact.flatten(0, 1).norm(dim=1)
+    assert rel_rows.max() < 0.06  # e4m3 per row: every token row close, small and large alike
+    gq, g_scale = quantize_grad(grad.reshape(-1, 256), layer.weight_scale)
+    by_hand = (gq.float() * g_scale) @ layer.weight.float()
+    assert torch.allclose(approx.reshape(-1, 512), by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_model_fp8_backward_loss_and_lora_grads_close_to_bf16():
+    from types import SimpleNamespace
+
+    from wantune.perf.fp8 import set_fp8_backward
+
+    variant = get_variant("wan2.2-i2v-a14b", **TINY)
+    cfg = SimpleNamespace(rank=4, block_swap=0, seed=0, batch=1, frames=5, height=64, width=64)
+    setup = TrainSetup.build(variant, cfg, torch.device("cpu"), "bf16")
+    prepare_plain(setup)
+    loss_bf16, grads_bf16 = setup.loss_and_grads()
+    setup.to_fp8()
+    loss_fwd, grads_fwd = setup.loss_and_grads()
+    assert set_fp8_backward(setup.model) > 0
+    loss_all, grads_all = setup.loss_and_grads()
+    assert loss_all == loss_fwd  # the forward is unchanged
+    report = numerics.summarise(loss_bf16, grads_bf16, loss_all, grads_all)
+    assert report["grad_cos"] > 0.99 and report["grad_rel_l2"] < 0.1
+    assert numerics.summarise(loss_fwd, grads_fwd, loss_all, grads_all)["grad_rel_l2"] > 0  # fp8 grads in use

@@ -90,8 +90,10 @@ def test_full_checkpointing_key_and_old_flag_match_the_plain_run(plain, tmp_path
     assert _losses(old) == _losses(new) == _losses(plain[1])
 
 
-def test_fp8_base_trains_close_to_the_plain_run_and_writes_loras(plain, tmp_path):
-    files, records = _run(tmp_path, "fp8", 'fp8_base = true\ncheckpointing = "selective"\nblock_swap = 1')
+@pytest.mark.parametrize("backward", ["false", "true"])
+def test_fp8_base_trains_close_to_the_plain_run_and_writes_loras(plain, tmp_path, backward):
+    files, records = _run(tmp_path, "fp8", 'fp8_base = true\ncheckpointing = "selective"\nblock_swap = 1\n'
+                                           f"fp8_backward = {backward}")
     got, want = _losses(records), _losses(plain[1])
     assert [g[0] for g in got] == [w[0] for w in want]
     for (_, loss, val), (_, loss0, val0) in zip(got, want):
@@ -133,6 +135,7 @@ def test_build_unit_applies_fp8_and_block_swap_per_expert(tmp_path):
 
 @pytest.mark.parametrize("perf, network, strategy, key", [
     ("fp8_base = true", "full", "auto", "performance.fp8_base"),
+    ("fp8_backward = true", "lora", "auto", "performance.fp8_backward"),
     ("block_swap = 2", "full", "auto", "performance.block_swap"),
     ("block_swap = 2", "full", "fsdp", "performance.block_swap"),
     ("block_swap = -1", "lora", "auto", "performance.block_swap"),

@@ -22,10 +22,14 @@ import torch.nn.functional as F
 from wantune.errors import UserError
 from wantune.models.variants import get_variant
 from wantune.perf import numerics
+from wantune.perf.fp8 import set_fp8_backward
 from wantune.perf.flops import latent_grid, roofline_seconds, step_flops
 from wantune.perf.memory import GIB, estimate_memory, memory_message, plain_blocks_for
 from wantune.perf.micro import measure_rates
 from wantune.perf.setup import TrainSetup, prepare_fast, prepare_plain
+
+PRECISIONS = ("bf16", "fp8", "fp8-all")
+"""bf16; fp8 frozen weights with fp8 forward matmuls; the same with fp8 input-gradient matmuls too."""
 
 
 @dataclass
@@ -39,7 +43,7 @@ class SpeedConfig:
     rank: int = 32
     batch: int = 1
     precision: tuple[str, ...] = ("bf16",)
-    """One run per precision ("bf16", "fp8")."""
+    """One run per precision ("bf16", "fp8": fp8 forward matmuls, "fp8-all": fp8 input-gradient matmuls too)."""
     memory_cap_gib: float | None = None
     """torch.cuda.set_per_process_memory_fraction cap for our runs (the reference runs uncapped)."""
     block_swap: int = 0
@@ -65,9 +69,9 @@ class SpeedConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        bad = [p for p in self.precision if p not in ("bf16", "fp8")]
+        bad = [p for p in self.precision if p not in PRECISIONS]
         if bad:
-            raise UserError(f"--precision {bad[0]}: choose bf16 or fp8 (comma separated for both)")
+            raise UserError(f"--precision {bad[0]}: choose bf16, fp8 or fp8-all (comma separated for several)")
         if self.mode not in ("fast", "plain"):
             raise UserError(f"--mode {self.mode}: choose fast or plain")
         if self.steps < 1 or self.warmup < 0:
@@ -89,7 +93,7 @@ def run_speed(cfg: SpeedConfig, log=print, progress=None) -> dict:
     result = {"device": props.name, "device_memory_gib": round(props.total_memory / GIB, 1),
               "torch": torch.__version__, "config": asdict(cfg), "grid": grid, "tokens": tokens,
               "flops": flops.as_dict(), "runs": []}
-    rates, details = measure_rates(variant, cfg.batch, tokens, cfg.rank, device, fp8="fp8" in cfg.precision)
+    rates, details = measure_rates(variant, cfg.batch, tokens, cfg.rank, device, fp8=any(p != "bf16" for p in cfg.precision))
     result["micro"] = _jsonable(details)
     backend = details["best_attention"] if cfg.attention == "auto" else cfg.attention
     log(f"grid {grid} = {tokens} tokens; useful {flops.total / 1e15:.2f} PFLOP/step; attention backend {backend}")
@@ -134,6 +138,8 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
                 setup = TrainSetup.build(variant, cfg, device, precision)
             else:
                 setup.to_fp8()
+            if precision != "bf16":
+                set_fp8_backward(setup.model, precision == "fp8-all")
             run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision,
                    "memory_estimate": estimate.as_dict(), "attention_backend": backend,
                    "settings": {"save_attention": save_attention, "offload": offload, "block_swap": cfg.block_swap,
@@ -142,7 +148,7 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
             if cfg.check and not cfg.block_swap:
                 setup.reset_lora()  # the same LoRA weights the plain reference was measured with
                 run["numerics"] = numerics.compare(setup, backend, cfg.compile, save_attention, offload,
-                                                   precision == "fp8", plain_blocks)
+                                                   precision != "bf16", plain_blocks)
                 log(f"numerics {precision}: {run['numerics']}")
             if cfg.mode == "fast":
                 run["compile_error"] = prepare_fast(setup, backend, cfg.compile, save_attention, offload,
@@ -152,7 +158,7 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
             setup.reset_lora()
             run.update(_time_steps(setup.step, cfg, device, tokens=cfg.batch * math.prod(
                 latent_grid(variant, cfg.frames, cfg.height, cfg.width)), attention=backend))
-            run.update(_price(flops, rates, run["s_per_step"], fp8=precision == "fp8"))
+            run.update(_price(flops, rates, run["s_per_step"], fp8=precision))
             losses[precision] = run["losses"]
         except torch.OutOfMemoryError as exc:
             run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision, "error": "out of memory",
@@ -167,10 +173,12 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
     setup = None
     _free()
     _set_cap(None, device)
-    if "bf16" in losses and "fp8" in losses:
-        rel = [abs(a - b) / abs(a) for a, b in zip(losses["bf16"], losses["fp8"])]
-        return {"max_relative_diff": max(rel), "steps": len(rel)}
-    return {}
+    curves = {}
+    for name in (p for p in losses if p != "bf16" and "bf16" in losses):
+        rel = [abs(a - b) / abs(a) for a, b in zip(losses["bf16"], losses[name])]
+        curves[name] = {"max_relative_diff": max(rel), "steps": len(rel)}
+    # one fp8 mode: its comparison at the top level, as before
+    return next(iter(curves.values())) if len(curves) == 1 else curves
 
 
 def _reference_run(cfg, variant, device, flops, rates, log) -> dict:
@@ -180,7 +188,7 @@ def _reference_run(cfg, variant, device, flops, rates, log) -> dict:
     run = {"name": "reference-diffusers-peft", "precision": "bf16"}
     run.update(_time_steps(setup.step, cfg, device, tokens=cfg.batch * math.prod(
         latent_grid(variant, cfg.frames, cfg.height, cfg.width)), attention="default"))
-    run.update(_price(flops, rates, run["s_per_step"], fp8=False))
+    run.update(_price(flops, rates, run["s_per_step"], fp8="bf16"))
     log(_summary(run))
     del setup
     _free()
@@ -214,9 +222,11 @@ def _time_steps(step, cfg: SpeedConfig, device, tokens: int, attention: str) -> 
             "losses": [float(x) for x in losses]}
 
 
-def _price(flops, rates, seconds: float, fp8: bool) -> dict:
+def _price(flops, rates, seconds: float, fp8: str) -> dict:
+    """Roofline priced at the rates of the precision's matmuls: bf16 everywhere, fp8 forward, or fp8 both ways."""
     from dataclasses import replace
-    priced = rates if fp8 else replace(rates, matmul_fwd=rates.matmul_bwd)
+    priced = {"bf16": replace(rates, matmul_fwd=rates.matmul_bwd), "fp8": rates,
+              "fp8-all": replace(rates, matmul_bwd=rates.matmul_fwd)}[fp8]
     roofline = roofline_seconds(flops, priced)
     return {"achieved_tflops": flops.total / seconds / 1e12, "roofline_s": roofline,
             "efficiency": roofline / seconds}

@@ -54,7 +54,7 @@ def init_random_(module: nn.Module) -> None:
 def _materialise(module: nn.Module, device: torch.device, precision: str) -> None:
     module.to_empty(device=device, recurse=True)
     init_random_(module)
-    if precision == "fp8" and hasattr(module, "self_attn"):
+    if precision != "bf16" and hasattr(module, "self_attn"):
         quantize_linears_fp8(module)
 
 

@@ -4,7 +4,10 @@
 output row (`weight_scale`); the LoRA adapters stay in their own dtype. Forward: the activations are quantised
 per token row and multiplied with `torch._scaled_mm` (rowwise scales, bf16 out) on a GPU that has it, or by
 the same quantised values dequantised to float32 elsewhere (the CPU path, identical rounding of the inputs).
-Backward: the input gradient is `grad @ dequant(weight)` in the gradient's dtype (the weights get none).
+Backward: the input gradient is `grad @ dequant(weight)` in the gradient's dtype (the weights get none), or,
+with `fp8_backward` (`set_fp8_backward`), an fp8 matmul too: the weight's row scales lie on the contracted axis,
+so they are folded into the gradient (grad * scale_O), which is quantised per row to e4m3, and multiplied with
+the stored fp8 weight as is (a transposed copy made for the call, 1 byte a weight), scale 1 on its side.
 
 Legend: M rows (batch x tokens), I in_features, O out_features.
 """
@@ -34,13 +37,27 @@ _quantize = quantize_rowwise
 
 def compile_quantize(enabled: bool = True) -> None:
     """Use a torch.compile'd (single fused kernel) activation quantiser in the fp8 forward, or the eager one."""
-    global _quantize
+    global _quantize, _quantize_grad
     _quantize = _compiled_quantize() if enabled else quantize_rowwise
+    _quantize_grad = _compiled_quantize_grad() if enabled else quantize_grad
 
 
 @functools.cache
 def _compiled_quantize():
     return torch.compile(quantize_rowwise, dynamic=False)
+
+
+def quantize_grad(g_MO: torch.Tensor, w_scale_O: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output gradient with the weight's row scales folded in, quantised per row: (fp8 (M, O), (M, 1))."""
+    return quantize_rowwise(g_MO.float() * w_scale_O.float())
+
+
+_quantize_grad = quantize_grad
+
+
+@functools.cache
+def _compiled_quantize_grad():
+    return torch.compile(quantize_grad, dynamic=False)
 
 
 def scaled_mm_available(device: torch.device) -> bool:
@@ -58,6 +75,17 @@ def fp8_matmul(xq_MI: torch.Tensor, x_scale_M1: torch.Tensor, w_OI: torch.Tensor
     return (x32 @ dequantize(w_OI, w_scale_O, torch.float32).t()).to(out_dtype)
 
 
+def fp8_grad_matmul(gq_MO: torch.Tensor, g_scale_M1: torch.Tensor, w_OI: torch.Tensor,
+                    out_dtype: torch.dtype) -> torch.Tensor:
+    """(gq * g_scale) @ w -> (M, I) in out_dtype (the weight's scales are already in g_scale's rows)."""
+    if scaled_mm_available(gq_MO.device):
+        w_col_OI = w_OI.t().contiguous().t()  # _scaled_mm wants its second operand column-major
+        ones_1I = torch.ones(1, w_OI.shape[1], device=w_OI.device, dtype=torch.float32)
+        return torch._scaled_mm(gq_MO, w_col_OI, scale_a=g_scale_M1, scale_b=ones_1I, out_dtype=out_dtype,
+                                use_fast_accum=False)
+    return ((gq_MO.float() * g_scale_M1) @ w_OI.float()).to(out_dtype)
+
+
 def dequantize(w_OI: torch.Tensor, w_scale_O: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (w_OI.to(dtype) * w_scale_O.to(dtype)[:, None])
 
@@ -66,8 +94,9 @@ class _Fp8LinearFn(torch.autograd.Function):
     """y = x Wᵀ + b with W fp8 (frozen): fp8 forward, backward for x only."""
 
     @staticmethod
-    def forward(ctx, x, w_OI, w_scale_O, bias):
+    def forward(ctx, x, w_OI, w_scale_O, bias, fp8_backward=False):
         ctx.weight = (w_OI, w_scale_O)
+        ctx.fp8_backward = fp8_backward
         shape = x.shape
         x_MI = x.reshape(-1, shape[-1])
         rows = x_MI.shape[0]
@@ -84,15 +113,28 @@ class _Fp8LinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         w_OI, w_scale_O = ctx.weight
-        grad_x = grad_out @ dequantize(w_OI, w_scale_O, grad_out.dtype)
-        return grad_x, None, None, None
+        if not ctx.fp8_backward:
+            return grad_out @ dequantize(w_OI, w_scale_O, grad_out.dtype), None, None, None, None
+        shape = grad_out.shape
+        g_MO = grad_out.reshape(-1, shape[-1])
+        rows = g_MO.shape[0]
+        pad = -rows % _ROW_MULTIPLE if scaled_mm_available(g_MO.device) else 0
+        if pad:
+            g_MO = F.pad(g_MO, (0, 0, 0, pad))
+        gq, g_scale = _quantize_grad(g_MO, w_scale_O)
+        grad_x = fp8_grad_matmul(gq, g_scale, w_OI, grad_out.dtype)
+        grad_x = grad_x[:rows] if pad else grad_x
+        return grad_x.view(*shape[:-1], w_OI.shape[1]), None, None, None, None
 
 
 class Fp8TrainLinear(nn.Linear):
-    """A frozen Linear with an fp8 weight and per-row scale (`weight_scale`), fp8 matmul forward."""
+    """A frozen Linear with an fp8 weight and per-row scale (`weight_scale`), fp8 matmul forward (and input
+    gradient when `fp8_backward`)."""
+
+    fp8_backward = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Fp8LinearFn.apply(x, self.weight, self.weight_scale, self.bias)
+        return _Fp8LinearFn.apply(x, self.weight, self.weight_scale, self.bias, self.fp8_backward)
 
 
 _CLASSES: dict[type, type] = {nn.Linear: Fp8TrainLinear}
@@ -122,6 +164,14 @@ def quantize_linears_fp8(model: nn.Module) -> int:
         module.__class__ = _fp8_class(type(module))
         count += 1
     return count
+
+
+def set_fp8_backward(model: nn.Module, enabled: bool = True) -> int:
+    """Input-gradient matmuls of every fp8 Linear under `model` in fp8 too (or back to bf16); returns the count."""
+    layers = [m for m in model.modules() if isinstance(m, Fp8TrainLinear)]
+    for layer in layers:
+        layer.fp8_backward = enabled
+    return len(layers)
 
 
 def plain_linear_reference(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:

@@ -74,7 +74,7 @@ def estimate_memory(variant: WanVariant, frames: int, height: int, width: int, b
     tokens = batch * math.prod(latent_grid(variant, frames, height, width))
     d, fd, layers = variant.dim, variant.ffn_dim, variant.num_layers
     linear, other = block_params(variant)
-    weight_bytes = 1 if precision == "fp8" else 2
+    weight_bytes = 2 if precision == "bf16" else 1
     per_block = linear * weight_bytes + other * 2
     resident = layers - block_swap
     parts = {

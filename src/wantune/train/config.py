@@ -327,6 +327,8 @@ class PerformanceConfig:
 
     fp8_base: bool = False
     """Frozen base Linear weights of the blocks stored fp8 (one scale per row) with fp8 matmuls; LoRA only."""
+    fp8_backward: bool = False
+    """With fp8_base: the input-gradient matmuls of those weights in fp8 too (e4m3 gradient, one scale per row)."""
     attention: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"
     """SDPA backend of the blocks (auto = PyTorch's choice; cudnn was fastest on H200; cudnn/efficient need CUDA)."""
     checkpointing: Literal["auto", "full", "selective", "none"] = "auto"
@@ -417,6 +419,9 @@ class TrainConfig:
         if perf.fp8_base and self.network.type == "full":
             raise UserError("performance.fp8_base: stores the frozen base weights in fp8, for network.type = lora "
                             "only (full fine-tuning trains them); set it to false")
+        if perf.fp8_backward and not perf.fp8_base:
+            raise UserError("performance.fp8_backward: needs performance.fp8_base = true (the fp8 weights it "
+                            "multiplies with); set both or neither")
         if perf.block_swap and (self.network.type == "full" or self.distributed.strategy == "fsdp"):
             raise UserError("performance.block_swap: streams frozen base weights, for LoRA only (not full "
                             "fine-tuning / FSDP, which shards the weights instead); set it to 0")

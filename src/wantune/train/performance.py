@@ -27,10 +27,11 @@ def apply_performance(model: nn.Module, cfg: TrainConfig, device: torch.device):
     """Apply `[performance]` (and training.gradient_checkpointing) to `model`; returns its BlockSwapper or None."""
     perf = cfg.performance
     if perf.fp8_base:
-        from wantune.perf.fp8 import compile_quantize, quantize_linears_fp8
+        from wantune.perf.fp8 import compile_quantize, quantize_linears_fp8, set_fp8_backward
 
         compile_quantize(perf.compile_blocks and device.type == "cuda")
         quantize_linears_fp8(model)
+        set_fp8_backward(model, perf.fp8_backward)
     if perf.compile_blocks:
         from wantune.perf.compile import install_fast_blocks
 
