@@ -33,4 +33,11 @@ case "$1" in
     timeout 300 $S --frames 81 --height 480 --width 832 --precision fp8 --memory-cap-gib 24 --block-swap ${SWAP81:-8} \
       --warmup 2 --steps 5 --out $OUT/a14b_81f_480x832_cap24.json 2>&1 | tee -a $OUT/run3.log
     ;;
+  4)  # fp8 input gradients (--precision fp8-all): GPU numerics on 2 blocks, then the guide's job shape
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    timeout 150 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8,fp8-all --check \
+      --warmup 1 --steps 2 --out $OUT/smoke_fp8all.json 2>&1 | tee $OUT/run4.log
+    timeout 400 $S --frames 41 --height 768 --width 768 --precision bf16,fp8,fp8-all --warmup 2 --steps 3 \
+      --out $OUT/a14b_41f_768x768_fp8all.json 2>&1 | tee -a $OUT/run4.log
+    ;;
 esac
