@@ -56,6 +56,14 @@ def lora_disabled(network) -> Iterator[None]:
             adapter.scale = scales[path]
 
 
+def _take_rows(batch: dict, inputs: NoisyInputs, keep: list[int]) -> tuple[dict, NoisyInputs]:
+    """The batch's per-row tensors and the noisy inputs restricted to the rows `keep`."""
+    batch = {k: v[keep] if isinstance(v, torch.Tensor) and k.endswith(("_BCFHW", "_BKD")) else v
+             for k, v in batch.items()}
+    return batch, NoisyInputs(inputs.x_BCFHW[keep], inputs.t[keep], inputs.target_BCFHW[keep],
+                              None if inputs.mask_BCFHW is None else inputs.mask_BCFHW[keep])
+
+
 def dop_loss(model, network, batch: dict, inputs: NoisyInputs, autocast, rows_B: torch.Tensor | None = None):
     """Mean MSE between the LoRA-on and the base (LoRA-off, no-grad) predictions on the class prompt, over the
     rows `rows_B` keeps (all by default); None when it keeps none."""
@@ -65,10 +73,7 @@ def dop_loss(model, network, batch: dict, inputs: NoisyInputs, autocast, rows_B:
             return None
         keep = rows_B.nonzero().flatten().tolist()
         context = [context[i] for i in keep]
-        batch = {k: v[keep] if isinstance(v, torch.Tensor) and k.endswith(("_BCFHW", "_BKD")) else v
-                 for k, v in batch.items()}
-        inputs = NoisyInputs(inputs.x_BCFHW[keep], inputs.t[keep], inputs.target_BCFHW[keep],
-                             None if inputs.mask_BCFHW is None else inputs.mask_BCFHW[keep])
+        batch, inputs = _take_rows(batch, inputs, keep)
     context_BLD = stack_context(context).to(inputs.x_BCFHW.device)
     with torch.no_grad(), lora_disabled(network), autocast():
         base_BCFHW = forward_model(model, batch, inputs, context_BLD)
@@ -79,14 +84,18 @@ def dop_loss(model, network, batch: dict, inputs: NoisyInputs, autocast, rows_B:
 
 def base_prior_target(model, network, batch: dict, inputs: NoisyInputs, context_BLD, autocast) -> torch.Tensor:
     """The flow target with each regularisation sample's row replaced by the base model's (network off, no-grad)
-    prediction at the same noisy input: those rows then ask the LoRA to change nothing."""
+    prediction at the same noisy input: those rows then ask the LoRA to change nothing. The base model runs on
+    the regularisation rows only."""
     reg_B = batch.get("regularization_B")
     if reg_B is None or not bool(reg_B.any()):
         return inputs.target_BCFHW
+    keep = reg_B.nonzero().flatten().tolist()
+    rows_batch, rows_inputs = _take_rows(batch, inputs, keep)
     with torch.no_grad(), lora_disabled(network), autocast():
-        base_BCFHW = forward_model(model, batch, inputs, context_BLD)
-    rows = reg_B.to(base_BCFHW.device).view(-1, *[1] * (base_BCFHW.dim() - 1))
-    return torch.where(rows, base_BCFHW.to(inputs.target_BCFHW.dtype), inputs.target_BCFHW)
+        base_RCFHW = forward_model(model, rows_batch, rows_inputs, context_BLD[keep])
+    target_BCFHW = inputs.target_BCFHW.clone()
+    target_BCFHW[keep] = base_RCFHW.to(target_BCFHW.dtype)
+    return target_BCFHW
 
 
 def replace_trigger(caption: str, trigger: str, class_word: str) -> str:
