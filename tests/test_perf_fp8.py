@@ -55,14 +55,18 @@ def test_fp8_linear_with_lora_matches_plain_linear():
         assert a.grad is not None and (a.grad - b.grad).norm() / b.grad.norm() < 0.05
 
 
-def test_tiny_model_fp8_loss_and_lora_grads_close_to_bf16():
+def _tiny_setup_and_bf16_grads():
     from types import SimpleNamespace
 
     variant = get_variant("wan2.2-i2v-a14b", **TINY)
     cfg = SimpleNamespace(rank=4, block_swap=0, seed=0, batch=1, frames=5, height=64, width=64)
     setup = TrainSetup.build(variant, cfg, torch.device("cpu"), "bf16")
     prepare_plain(setup)
-    loss_bf16, grads_bf16 = setup.loss_and_grads()
+    return setup, *setup.loss_and_grads()
+
+
+def test_tiny_model_fp8_loss_and_lora_grads_close_to_bf16():
+    setup, loss_bf16, grads_bf16 = _tiny_setup_and_bf16_grads()
     setup.to_fp8()
     lora_dtypes = {p.dtype for p in setup.network.parameters()}
     assert lora_dtypes == {torch.bfloat16}
@@ -104,15 +108,9 @@ def test_fp8_input_gradient_folds_the_weight_scales_into_the_gradient():
 
 
 def test_tiny_model_fp8_backward_loss_and_lora_grads_close_to_bf16():
-    from types import SimpleNamespace
-
     from wantune.perf.fp8 import set_fp8_backward
 
-    variant = get_variant("wan2.2-i2v-a14b", **TINY)
-    cfg = SimpleNamespace(rank=4, block_swap=0, seed=0, batch=1, frames=5, height=64, width=64)
-    setup = TrainSetup.build(variant, cfg, torch.device("cpu"), "bf16")
-    prepare_plain(setup)
-    loss_bf16, grads_bf16 = setup.loss_and_grads()
+    setup, loss_bf16, grads_bf16 = _tiny_setup_and_bf16_grads()
     setup.to_fp8()
     loss_fwd, grads_fwd = setup.loss_and_grads()
     assert set_fp8_backward(setup.model) > 0
