@@ -39,13 +39,15 @@ def test_concept_recipe_sits_between_flags_and_defaults(tmp_path):
     from wantune.toy.learn import LearnSettings, settings_for
     from wantune.toy.spec import load_concept
 
-    spec = load_concept(_concept_with_recipe(tmp_path / "m.toml", 'steps = 7\nprior_target = "base"\nlr = 2e-3\n'))
+    spec = load_concept(_concept_with_recipe(tmp_path / "m.toml", 'steps = 7\nprior_target = "base"\nlr = 2e-3\n'
+                                                                   "strength = 1.2\n"))
     defaults = LearnSettings(prior_clips=32, eval_clips=3)
     settings = settings_for(spec, defaults, {"steps": None, "lr": 5e-4, "prior_clips": 5})
     assert (settings.steps, settings.prior_target, settings.lr, settings.prior_clips) == (7, "base", 5e-4, 5)
+    assert settings.strength == 1.2 and settings_for(spec, defaults, {"strength": 0.8}).strength == 0.8
     assert (settings.rank, settings.eval_clips) == (16, 3)  # neither flag nor recipe: the bench's defaults
     plain = settings_for(load_concept("style"), defaults, {})
-    assert (plain.steps, plain.prior_target, plain.prior_clips) == (1200, "data", 32)
+    assert (plain.steps, plain.prior_target, plain.prior_clips, plain.strength) == (1200, "data", 32, 1.0)
 
 
 def test_bench_learn_refuses_a_bad_recipe_before_training(tmp_path, capsys):

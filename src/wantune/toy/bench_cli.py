@@ -34,13 +34,13 @@ def register_learn(bench_subparsers) -> None:
     recipe.add_argument("--prior-target", choices=("data", "base"),
                         help="train the prior clips towards their latents (data, the default) or the base model's "
                              "prediction (base)")
+    recipe.add_argument("--strength", type=float,
+                        help="LoRA strength for the clips generated with it, concept and base-world prompts (1.0)")
     p.add_argument("--dop", choices=("both", "on", "off"), default="both",
                    help="train the LoRA with DOP, without it, or both (default)")
     p.add_argument("--set", dest="train_set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the LoRA training config, as `wantune train --set` (repeatable), "
                         "e.g. regularisation.ema_decay=0.99")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="LoRA strength for the clips generated with it (concept and base-world prompts)")
     p.add_argument("--eval-clips", type=int, default=16, help="generated clips per prompt set")
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the toy variant's)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -65,7 +65,7 @@ def _learn(args: argparse.Namespace) -> int:
 
     base = Path(args.base) if args.base else BASE_DIR
     check_base(base)
-    defaults = LearnSettings(prior_clips=32, eval_clips=args.eval_clips, strength=args.strength,
+    defaults = LearnSettings(prior_clips=32, eval_clips=args.eval_clips,
                              sample_steps=args.sample_steps, seed=args.seed, device=args.device,
                              dop_runs={"both": (False, True), "on": (True,), "off": (False,)}[args.dop],
                              train_set=tuple(args.train_set))

@@ -71,7 +71,8 @@ class LearnSettings:
             raise UserError(f"--strength {self.strength}: must be > 0")
 
 
-RECIPE_FIELDS = ("clips", "steps", "batch_size", "rank", "lr", "prior_clips", "prior_target", "dop_multiplier")
+RECIPE_FIELDS = ("clips", "steps", "batch_size", "rank", "lr", "prior_clips", "prior_target", "dop_multiplier",
+                 "strength")
 
 
 def settings_for(spec: ConceptSpec, settings: LearnSettings, flags: dict) -> LearnSettings:
