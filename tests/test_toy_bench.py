@@ -31,7 +31,8 @@ def test_bench_learn_checks_inputs(tmp_path, capsys):
 def _concept_with_recipe(path, recipe: str):
     from wantune.toy.spec import CONCEPTS_DIR
 
-    path.write_text((CONCEPTS_DIR / "motion.toml").read_text() + "\n[recipe]\n" + recipe)
+    spec = (CONCEPTS_DIR / "motion.toml").read_text().split("\n[recipe]")[0]  # its own recipe replaced
+    path.write_text(spec + "\n[recipe]\n" + recipe)
     return path
 
 
@@ -46,7 +47,10 @@ def test_concept_recipe_sits_between_flags_and_defaults(tmp_path):
     assert (settings.steps, settings.prior_target, settings.lr, settings.prior_clips) == (7, "base", 5e-4, 5)
     assert settings.strength == 1.2 and settings_for(spec, defaults, {"strength": 0.8}).strength == 0.8
     assert (settings.rank, settings.eval_clips) == (16, 3)  # neither flag nor recipe: the bench's defaults
-    plain = settings_for(load_concept("style"), defaults, {})
+    assert settings.dop_multiplier == 1.0  # motion's own recipe (0.25) was replaced by the test's
+    shipped = settings_for(load_concept("character"), defaults, {})
+    assert (shipped.steps, shipped.prior_clips, shipped.prior_target, shipped.strength) == (3600, 128, "base", 1.1)
+    plain = settings_for(load_concept("base"), defaults, {})  # a spec without a recipe
     assert (plain.steps, plain.prior_target, plain.prior_clips, plain.strength) == (1200, "data", 32, 1.0)
 
 
