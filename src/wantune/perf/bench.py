@@ -93,7 +93,8 @@ def run_speed(cfg: SpeedConfig, log=print, progress=None) -> dict:
     result = {"device": props.name, "device_memory_gib": round(props.total_memory / GIB, 1),
               "torch": torch.__version__, "config": asdict(cfg), "grid": grid, "tokens": tokens,
               "flops": flops.as_dict(), "runs": []}
-    rates, details = measure_rates(variant, cfg.batch, tokens, cfg.rank, device, fp8=any(p != "bf16" for p in cfg.precision))
+    rates, details = measure_rates(variant, cfg.batch, tokens, cfg.rank, device,
+                                   fp8=any(p != "bf16" for p in cfg.precision))
     result["micro"] = _jsonable(details)
     backend = details["best_attention"] if cfg.attention == "auto" else cfg.attention
     log(f"grid {grid} = {tokens} tokens; useful {flops.total / 1e15:.2f} PFLOP/step; attention backend {backend}")

@@ -19,7 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--precision", default="bf16", help="bf16, fp8 (fp8 forward matmuls), fp8-all (fp8 input-gradient matmuls too), or several comma separated (bf16,fp8,fp8-all: the same weights)")
+    p.add_argument("--precision", default="bf16",
+                   help="bf16, fp8 (fp8 forward matmuls), fp8-all (fp8 input-gradient matmuls too), or several "
+                        "comma separated (bf16,fp8,fp8-all: the same weights)")
     p.add_argument("--memory-cap-gib", type=float, default=None,
                    help="cap GPU memory for our runs (torch.cuda.set_per_process_memory_fraction)")
     p.add_argument("--block-swap", type=int, default=0, help="blocks whose frozen weights stream from CPU")

@@ -53,9 +53,9 @@ def _learn(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from wantune.errors import UserError
     from wantune.toy.learn import (RECIPE_FIELDS, LearnSettings, check_base, learn_concept, require_trigger,
                                    settings_for)
-    from wantune.errors import UserError
     from wantune.toy.spec import load_concept
 
     specs = [load_concept(c) for c in (args.concept or DEFAULT_TASKS)]
