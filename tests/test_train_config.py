@@ -54,6 +54,19 @@ def test_bad_key_fails_with_path_and_suggestion(tmp_path):
         load_train_config(f, ["preset=charcter"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lr=-1e-4", "optimizer.lr -0.0001: must be > 0"),
+    ("optimizer.lr=0", "optimizer.lr 0.0: must be > 0"),
+    ("regularisation.dop.multiplier=-0.5", "regularisation.dop.multiplier -0.5: must be >= 0"),
+])
+def test_bad_numbers_fail_at_load_naming_the_key(tmp_path, override, message):
+    f = tmp_path / "c.toml"
+    f.write_text("[model]\ntiny = true\n[data.synthetic]\n")
+    with pytest.raises(UserError, match=message) as exc:
+        load_train_config(f, [override])
+    assert "\n" not in str(exc.value)
+
+
 def test_cross_field_checks(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[model]\ntiny = true\n")

@@ -159,7 +159,7 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
             setup.reset_lora()
             run.update(_time_steps(setup.step, cfg, device, tokens=cfg.batch * math.prod(
                 latent_grid(variant, cfg.frames, cfg.height, cfg.width)), attention=backend))
-            run.update(_price(flops, rates, run["s_per_step"], fp8=precision))
+            run.update(_price(flops, rates, run["s_per_step"], precision))
             losses[precision] = run["losses"]
         except torch.OutOfMemoryError as exc:
             run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision, "error": "out of memory",
@@ -189,7 +189,7 @@ def _reference_run(cfg, variant, device, flops, rates, log) -> dict:
     run = {"name": "reference-diffusers-peft", "precision": "bf16"}
     run.update(_time_steps(setup.step, cfg, device, tokens=cfg.batch * math.prod(
         latent_grid(variant, cfg.frames, cfg.height, cfg.width)), attention="default"))
-    run.update(_price(flops, rates, run["s_per_step"], fp8="bf16"))
+    run.update(_price(flops, rates, run["s_per_step"], "bf16"))
     log(_summary(run))
     del setup
     _free()
@@ -223,11 +223,11 @@ def _time_steps(step, cfg: SpeedConfig, device, tokens: int, attention: str) -> 
             "losses": [float(x) for x in losses]}
 
 
-def _price(flops, rates, seconds: float, fp8: str) -> dict:
+def _price(flops, rates, seconds: float, precision: str) -> dict:
     """Roofline priced at the rates of the precision's matmuls: bf16 everywhere, fp8 forward, or fp8 both ways."""
     from dataclasses import replace
     priced = {"bf16": replace(rates, matmul_fwd=rates.matmul_bwd), "fp8": rates,
-              "fp8-all": replace(rates, matmul_bwd=rates.matmul_fwd)}[fp8]
+              "fp8-all": replace(rates, matmul_bwd=rates.matmul_fwd)}[precision]
     roofline = roofline_seconds(flops, priced)
     return {"achieved_tflops": flops.total / seconds / 1e12, "roofline_s": roofline,
             "efficiency": roofline / seconds}

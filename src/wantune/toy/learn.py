@@ -69,6 +69,10 @@ class LearnSettings:
                 raise UserError(f"{flag} {value}: must be >= {least}")
         if not self.strength > 0:
             raise UserError(f"--strength {self.strength}: must be > 0")
+        if not self.lr > 0:
+            raise UserError(f"--lr {self.lr}: must be > 0")
+        if not self.dop_multiplier >= 0:
+            raise UserError(f"--dop-multiplier {self.dop_multiplier}: must be >= 0")
 
 
 RECIPE_FIELDS = ("clips", "steps", "batch_size", "rank", "lr", "prior_clips", "prior_target", "dop_multiplier",

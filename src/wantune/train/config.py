@@ -132,6 +132,9 @@ class OptimizerConfig:
     eps: float = 1e-8
     """Adam epsilon."""
 
+    def validate(self) -> None:
+        require(self.lr > 0, f"optimizer.lr {self.lr}: must be > 0")
+
 
 @dataclass
 class ScheduleConfig:
@@ -210,6 +213,9 @@ class DopConfig:
     """The class that replaces the trigger for the preservation pass ("person", "scene")."""
     multiplier: float = 1.0
     """Weight of the preservation loss."""
+
+    def validate(self) -> None:
+        require(self.multiplier >= 0, f"regularisation.dop.multiplier {self.multiplier}: must be >= 0")
 
 
 @dataclass
