@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Several `wantune bench learn` runs side by side on one GPU (a LoRA recipe sweep on the shipped toy base), each
 # line of the file "NAME CONCEPT ARGS..." one process; results appended to $OUT/sweep.jsonl as
-# {"run": NAME, "args": ..., result...}.
+# {"run": NAME, "args": ..., result...}; the LoRA files to $OUT/loras/NAME.safetensors.
 #   bash benchmarks/toy_sweep_gpu.sh RUNS_FILE [SECONDS_PER_RUN]            start, wait, collect (one call)
 #   MODE=start bash benchmarks/toy_sweep_gpu.sh RUNS_FILE [SECONDS_PER_RUN]  start detached (setsid) and return
 #   MODE=collect bash benchmarks/toy_sweep_gpu.sh RUNS_FILE [WAIT_SECONDS]   wait for the detached runs, collect
@@ -30,7 +30,8 @@ while :; do
   sleep 10
 done
 date
-cp $W/*.err $R/ 2>/dev/null; : > $R/sweep.jsonl
+cp $W/*.err $R/ 2>/dev/null; : > $R/sweep.jsonl; mkdir -p $R/loras
+for d in $W/*/; do f=$(ls $d*/runs/*/*_v1.safetensors 2>/dev/null | head -1); [ -n "$f" ] && cp "$f" $R/loras/$(basename $d).safetensors; done
 while read -r name concept args; do
   [ -e $W/$name.done ] || { echo "$name running: $(grep -c . $W/$name/*/runs/*/metrics.jsonl 2>/dev/null | tail -1)"; continue; }
   python3 - "$W/$name.json" "$name" "$args" "$R/sweep.jsonl" <<'PY' || { echo "$name failed"; tail -n 3 $W/$name.err; }

@@ -1,6 +1,6 @@
 """Prompt adherence of a toy model: generate a concept's captions with wantune generate, judge each clip.
 
-    python -m wantune.toy.evaluate --base toy_base --concept base --clips 32 [--lora FILE[:STRENGTH]] [--json]
+    python -m wantune.toy.evaluate --base toy_base --concept base --clips 32 [--lora FILE[:STRENGTH]] [--details]
 
 Prompt i is the caption of clip i of the concept under `--seed`; the clip generated from it is judged against
 that clip's own attributes (its shape, colour, motion and background), so adherence is the fraction of
@@ -29,8 +29,9 @@ def model_spec(base: Path, loras: list[tuple[str, float]] = (), variant: str | N
 
 def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: Path | None = None,
               loras: list[tuple[str, float]] = (), guidance: float | None = None, steps: int | None = None,
-              device: str | None = None) -> dict:
-    """Generate `clips` prompts of `concept` with the toy model and judge them; returns the summary."""
+              device: str | None = None, details: bool = False) -> dict:
+    """Generate `clips` prompts of `concept` with the toy model and judge them; returns the summary (with
+    `details`, also each clip's judgement under "clips": prompt, seed, scores, what the judge measured)."""
     import tempfile
 
     from wantune.sample.pipeline import RunSettings, generate
@@ -51,8 +52,13 @@ def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: 
         verdicts = [judge_video(p, instance_spec(spec, dataclasses.asdict(inst))) for p, inst in zip(paths, instances)]
     per_attr = {a: round(sum(v.passed[a] for v in verdicts) / len(verdicts), 4)
                 for a in ("shape", "color", "motion", "background")}
-    return {"concept": spec.name, "clips": clips, "adherence": round(sum(v.adherence for v in verdicts) / clips, 4),
-            "passed": per_attr, "prompts": [i.caption for i in instances[:4]]}
+    summary = {"concept": spec.name, "clips": clips,
+               "adherence": round(sum(v.adherence for v in verdicts) / clips, 4),
+               "passed": per_attr, "prompts": [i.caption for i in instances[:4]]}
+    if details:
+        summary["clips"] = [{"prompt": inst.caption, "seed": seed + i, **v.to_dict()}
+                            for i, (inst, v) in enumerate(zip(instances, verdicts))]
+    return summary
 
 
 def _lora(item: str) -> tuple[str, float]:
@@ -71,9 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--device")
     parser.add_argument("--out", type=Path, help="keep the generated clips here")
+    parser.add_argument("--details", action="store_true",
+                        help="also print each clip's judgement (scores, matched options, what was measured)")
     args = parser.parse_args(argv)
     result = adherence(args.base, args.concept, args.clips, args.seed, args.out, [_lora(x) for x in args.lora],
-                       args.guidance, args.steps, args.device)
+                       args.guidance, args.steps, args.device, args.details)
     print(json.dumps(result))
 
 
