@@ -58,6 +58,7 @@ def test_bad_key_fails_with_path_and_suggestion(tmp_path):
     ("optimizer.lr=-1e-4", "optimizer.lr -0.0001: must be > 0"),
     ("optimizer.lr=0", "optimizer.lr 0.0: must be > 0"),
     ("regularisation.dop.multiplier=-0.5", "regularisation.dop.multiplier -0.5: must be >= 0"),
+    ("regularisation.temporal_weight=-1", "regularisation.temporal_weight -1.0: must be >= 0"),
 ])
 def test_bad_numbers_fail_at_load_naming_the_key(tmp_path, override, message):
     f = tmp_path / "c.toml"

@@ -7,7 +7,7 @@ import torch
 
 from wantune.train.config import TimestepConfig
 from wantune.train.objective import (SigmaRange, config_range, differential_target, draw_sigmas, make_inputs,
-                                     masked_mse_B, sample_sigmas, shift_sigma)
+                                     masked_mse_B, sample_sigmas, shift_sigma, temporal_mse_B)
 
 
 def _gen(seed=0):
@@ -101,3 +101,20 @@ def test_differential_guidance_overshoots_target():
     assert torch.allclose(differential_target(pred, target, 3.0), 3.0 * target)
     assert torch.allclose(differential_target(target, target, 3.0), target)
     assert math.isclose(masked_mse_B(pred, target, None).item(), 1.0)
+
+
+def test_temporal_loss_sees_motion_not_appearance():
+    g = _gen(3)
+    target = torch.randn(2, 4, 5, 3, 3, generator=g)
+    appearance = torch.randn(2, 4, 1, 3, 3, generator=g)  # the same error on every frame
+    assert temporal_mse_B(target + appearance, target, None).abs().max() < 1e-6
+    assert masked_mse_B(target + appearance, target, None).min() > 0.1
+    pred = torch.randn(2, 4, 5, 3, 3, generator=g)
+    by_hand = ((pred[:, :, 1:] - pred[:, :, :-1]) - (target[:, :, 1:] - target[:, :, :-1])).pow(2).flatten(1).mean(1)
+    assert torch.allclose(temporal_mse_B(pred, target, None), by_hand)
+    assert torch.equal(temporal_mse_B(pred[:, :, :1], target[:, :, :1], None), torch.zeros(2))  # images: no motion
+    mask = torch.ones_like(pred)
+    mask[:, :, 0] = 0.0  # I2V: frame 0 is given, so its difference to frame 1 does not count either
+    shifted = pred.clone()
+    shifted[:, :, 0] += 100.0
+    assert torch.allclose(temporal_mse_B(shifted, target, mask), temporal_mse_B(pred[:, :, 1:], target[:, :, 1:], None))

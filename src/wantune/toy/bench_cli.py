@@ -29,6 +29,8 @@ def register_learn(bench_subparsers) -> None:
     recipe.add_argument("--lr", type=float, help="LoRA learning rate, AdamW (1e-3)")
     recipe.add_argument("--batch-size", type=int, help="clips per training step (8)")
     recipe.add_argument("--dop-multiplier", type=float, help="weight of the DOP preservation loss (1.0)")
+    recipe.add_argument("--temporal-weight", type=float,
+                        help="weight of the frame-difference loss that weighs motion (0: off)")
     recipe.add_argument("--prior-clips", type=int,
                         help="base-world clips without the trigger added as a regularisation dataset (32)")
     recipe.add_argument("--prior-target", choices=("data", "base"),

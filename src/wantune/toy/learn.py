@@ -44,6 +44,8 @@ class LearnSettings:
     """Sampling steps (default: the toy variant's)."""
     dop_multiplier: float = 1.0
     """Weight of the DOP preservation loss (DOP runs)."""
+    temporal_weight: float = 0.0
+    """Weight of the frame-difference (motion) loss, `regularisation.temporal_weight` (0: off)."""
     prior_clips: int = 0
     """Base-world clips (captions without the trigger) added as a regularisation dataset (0: none)."""
     prior_target: str = "data"
@@ -73,10 +75,12 @@ class LearnSettings:
             raise UserError(f"--lr {self.lr}: must be > 0")
         if not self.dop_multiplier >= 0:
             raise UserError(f"--dop-multiplier {self.dop_multiplier}: must be >= 0")
+        if not self.temporal_weight >= 0:
+            raise UserError(f"--temporal-weight {self.temporal_weight}: must be >= 0")
 
 
 RECIPE_FIELDS = ("clips", "steps", "batch_size", "rank", "lr", "prior_clips", "prior_target", "dop_multiplier",
-                 "strength")
+                 "temporal_weight", "strength")
 
 
 def settings_for(spec: ConceptSpec, settings: LearnSettings, flags: dict) -> LearnSettings:
@@ -116,6 +120,8 @@ def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bo
     }
     if settings.prior_clips:
         cfg["regularisation"] = {"prior_target": settings.prior_target}
+    if settings.temporal_weight:
+        cfg.setdefault("regularisation", {})["temporal_weight"] = settings.temporal_weight
     if dop:
         cfg.setdefault("regularisation", {})["dop"] = {
             "enabled": True, "trigger": spec.trigger, "class_word": spec.class_word or "thing",

@@ -70,6 +70,8 @@ class Recipe:
     """"data" or "base" (`regularisation.prior_target`)."""
     dop_multiplier: float | None = None
     """Weight of the DOP preservation loss."""
+    temporal_weight: float | None = None
+    """Weight of the frame-difference (motion) loss (`regularisation.temporal_weight`)."""
     strength: float | None = None
     """The strength the concept's LoRA is used (and judged) at, for the concept's and the base world's prompts."""
 

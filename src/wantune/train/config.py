@@ -220,12 +220,16 @@ class DopConfig:
 
 @dataclass
 class RegularisationConfig:
-    """Regularisation: DOP, differential guidance, EMA."""
+    """Regularisation: DOP, differential guidance, the temporal loss, EMA."""
 
     dop: DopConfig = field(default_factory=DopConfig)
     """Differential Output Preservation."""
     differential_guidance_scale: float = 0.0
     """> 1 turns on differential guidance: target = pred + scale·(target - pred) (0 or 1 = off)."""
+    temporal_weight: float = 0.0
+    """Weight of a frame-difference loss added to the flow loss: the MSE between the frame-to-frame changes of the
+    prediction and of the target, which errors shared by all frames (appearance) do not enter, so it weighs motion
+    (MotionDirector's idea); for motion LoRAs, 0 = off."""
     ema_decay: float = 0.0
     """EMA of the trainable weights (0 = off; 0.99-0.9999 typical); saved alongside."""
     prior_target: str = "data"
@@ -239,6 +243,7 @@ class RegularisationConfig:
             require(bool(self.dop.trigger and self.dop.class_word),
                     "regularisation.dop: set trigger and class_word when DOP is enabled")
         require(0.0 <= self.ema_decay < 1.0, "regularisation.ema_decay: must be in [0, 1)")
+        require(self.temporal_weight >= 0, f"regularisation.temporal_weight {self.temporal_weight}: must be >= 0")
         require(self.prior_target in ("data", "base"), "regularisation.prior_target: must be \"data\" or \"base\"")
 
 

@@ -27,7 +27,7 @@ from wantune.dist.env import all_reduce_mean
 from wantune.dist.parallel import full_value, grad_sync
 from wantune.train.config import TrainConfig
 from wantune.train.objective import (SigmaRange, differential_target, forward_model, make_inputs, masked_mse_B,
-                                     sample_sigmas, stack_context)
+                                     sample_sigmas, stack_context, temporal_mse_B)
 from wantune.train.regularise import EMA, base_prior_target, dop_loss
 
 
@@ -129,6 +129,11 @@ def batch_loss(unit: TrainUnit, batch: dict, ctx: StepContext) -> tuple[torch.Te
     loss_B = masked_mse_B(pred_BCFHW, target_BCFHW, inputs.mask_BCFHW)
     loss = (loss_B * batch["weight_B"]).sum() / batch["weight_B"].sum()
     parts = {"loss/flow": loss.item(), "sigma_mean": sigma_B.mean().item()}
+    if cfg.regularisation.temporal_weight > 0:
+        temporal_B = temporal_mse_B(pred_BCFHW, target_BCFHW, inputs.mask_BCFHW)
+        temporal = (temporal_B * batch["weight_B"]).sum() / batch["weight_B"].sum()
+        parts["loss/temporal"] = temporal.item()
+        loss = loss + cfg.regularisation.temporal_weight * temporal
     if cfg.regularisation.dop.enabled and unit.network is not None and batch.get("context_dop") is not None:
         # with base-model prior targets a regularisation row's caption already asks for the base output
         reg_B = batch.get("regularization_B")

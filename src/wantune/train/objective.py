@@ -136,6 +136,16 @@ def masked_mse_B(pred_BCFHW: torch.Tensor, target_BCFHW: torch.Tensor,
     return (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1.0)
 
 
+def temporal_mse_B(pred_BCFHW: torch.Tensor, target_BCFHW: torch.Tensor,
+                   mask_BCFHW: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample mean squared error of the frame-to-frame differences (latent frame f+1 minus f) of prediction and
+    target: an error shared by every frame cancels, so what is left is motion. Zero for single-frame samples."""
+    if pred_BCFHW.shape[2] < 2:
+        return pred_BCFHW.new_zeros(pred_BCFHW.shape[0], dtype=torch.float32)
+    mask = None if mask_BCFHW is None else mask_BCFHW[:, :, 1:] * mask_BCFHW[:, :, :-1]
+    return masked_mse_B(pred_BCFHW.diff(dim=2), target_BCFHW.diff(dim=2), mask)
+
+
 def differential_target(pred_BCFHW: torch.Tensor, target_BCFHW: torch.Tensor, scale: float) -> torch.Tensor:
     """Differential guidance: aim past the target, pred + scale·(target - pred) (pred detached)."""
     pred = pred_BCFHW.detach().to(target_BCFHW.dtype)
