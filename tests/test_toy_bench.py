@@ -43,7 +43,7 @@ def _concept_with_recipe(path, recipe: str):
 
 
 def test_concept_recipe_sits_between_flags_and_defaults(tmp_path):
-    from wantune.toy.learn import LearnSettings, settings_for
+    from wantune.toy.learn import LearnSettings, settings_for, train_config
     from wantune.toy.spec import load_concept
 
     spec = load_concept(_concept_with_recipe(tmp_path / "m.toml", 'steps = 7\nprior_target = "base"\nlr = 2e-3\n'
@@ -56,6 +56,10 @@ def test_concept_recipe_sits_between_flags_and_defaults(tmp_path):
     assert settings.dop_multiplier == 1.0  # motion's own recipe (0.25) was replaced by the test's
     shipped = settings_for(load_concept("character"), defaults, {})
     assert (shipped.steps, shipped.prior_clips, shipped.prior_target, shipped.strength) == (3600, 128, "base", 1.1)
+    motion = settings_for(load_concept("motion"), defaults, {})
+    config = train_config(load_concept("motion"), tmp_path, motion, dop=True)
+    assert config["regularisation"]["temporal_weight"] == 1.0 and config["regularisation"]["dop"]["multiplier"] == 0.25
+    assert "temporal_weight" not in train_config(spec, tmp_path, settings, dop=True)["regularisation"]
     plain = settings_for(load_concept("base"), defaults, {})  # a spec without a recipe
     assert (plain.steps, plain.prior_target, plain.prior_clips, plain.strength) == (1200, "data", 32, 1.0)
 
