@@ -55,7 +55,8 @@ def test_concept_recipe_sits_between_flags_and_defaults(tmp_path):
     assert (settings.rank, settings.eval_clips) == (16, 3)  # neither flag nor recipe: the bench's defaults
     assert settings.dop_multiplier == 1.0  # motion's own recipe (0.25) was replaced by the test's
     shipped = settings_for(load_concept("character"), defaults, {})
-    assert (shipped.steps, shipped.prior_clips, shipped.prior_target, shipped.strength) == (3600, 128, "base", 1.1)
+    assert (shipped.steps, shipped.batch_size, shipped.prior_clips, shipped.prior_target, shipped.strength) == (
+        1800, 32, 256, "base", 1.1)
     motion = settings_for(load_concept("motion"), defaults, {})
     config = train_config(load_concept("motion"), tmp_path, motion, dop=True)
     assert config["regularisation"]["temporal_weight"] == 1.0 and config["regularisation"]["dop"]["multiplier"] == 0.25
