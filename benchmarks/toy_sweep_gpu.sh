@@ -45,6 +45,7 @@ runs = {k: (r[k]["adherence_with_lora"], r[k]["preservation_drop"], r[k]["last_l
 print(sys.argv[2], r["concept"], r["adherence_without_lora"], runs, r["seconds"])
 PY
 done < <(runs "$1")
+if [ -n "$OUT" ]; then tar cf $R/loras.tar -C $R loras; fi
 if [ -n "$EVAL_SEEDS" ]; then
 E="python3 -m wantune.toy.evaluate --base src/wantune/toy/assets/base --clips ${EVAL_CLIPS:-32} --device ${EVAL_DEVICE:-cuda}"
 : > $R/evals.jsonl
@@ -64,4 +65,4 @@ done < <(runs "$1")
 wait  # every judgement at once: each is one CPU thread and a sliver of the GPU
 cat $R/evals.jsonl
 fi
-if [ -n "$OUT" ]; then tar cf $R/loras.tar -C $R loras && rm -rf $R/loras; fi
+if [ -n "$OUT" ]; then rm -rf $R/loras; fi
