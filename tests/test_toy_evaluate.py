@@ -22,3 +22,18 @@ def test_details_explain_the_summary(capsys):
         assert set(clip["scores"]) >= {"shape", "color", "motion", "background"}
         assert clip["adherence"] == float(all(clip["passed"][a] for a in ("shape", "color", "motion", "background")))
         assert clip["measured"] and clip["matched"]
+    # the same adherence grouped by the option each prompt was drawn with (which shape the failures sit on)
+    from wantune.toy.spec import load_concept
+    from wantune.toy.world import sample_instance
+
+    drawn = [sample_instance(load_concept("base"), 2000, i) for i in range(3)]
+    assert result["adherence_by_option"]  # three base-world prompts vary at least one attribute
+    for attr in ("shape", "color", "motion", "background"):
+        values = [getattr(inst, attr) for inst in drawn]
+        if len(set(values)) < 2:
+            assert attr not in result["adherence_by_option"]
+            continue
+        assert set(result["adherence_by_option"][attr]) == set(values)
+        for value, rate in result["adherence_by_option"][attr].items():
+            mine = [c["adherence"] for c, v in zip(clips, values) if v == value]
+            assert rate == round(sum(mine) / len(mine), 4)

@@ -54,11 +54,25 @@ def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: 
                 for a in ("shape", "color", "motion", "background")}
     summary = {"concept": spec.name, "clips": clips,
                "adherence": round(sum(v.adherence for v in verdicts) / clips, 4),
-               "passed": per_attr, "prompts": [i.caption for i in instances[:4]]}
+               "passed": per_attr, "adherence_by_option": by_option(instances, verdicts),
+               "prompts": [i.caption for i in instances[:4]]}
     if details:
         summary["clips"] = [{"prompt": inst.caption, "seed": seed + i, **v.to_dict()}
                             for i, (inst, v) in enumerate(zip(instances, verdicts))]
     return summary
+
+
+def by_option(instances, verdicts) -> dict:
+    """{attribute: {option: adherence of the clips drawn with it}} for each attribute the prompts vary (which
+    shape, colour, motion or background the failures sit on)."""
+    out = {}
+    for attr in ("shape", "color", "motion", "background"):
+        groups: dict[str, list[float]] = {}
+        for inst, verdict in zip(instances, verdicts):
+            groups.setdefault(getattr(inst, attr), []).append(verdict.adherence)
+        if len(groups) > 1:
+            out[attr] = {k: round(sum(v) / len(v), 4) for k, v in sorted(groups.items())}
+    return out
 
 
 def _lora(item: str) -> tuple[str, float]:
