@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from wantune.toy.base import folder_variant
+from wantune.toy.judge import ADHERENCE_ATTRS
 
 
 def model_spec(base: Path, loras: list[tuple[str, float]] = (), variant: str | None = None):
@@ -51,7 +52,7 @@ def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: 
                          RunSettings(device=device, dtype="fp32", progress=False))
         verdicts = [judge_video(p, instance_spec(spec, dataclasses.asdict(inst))) for p, inst in zip(paths, instances)]
     per_attr = {a: round(sum(v.passed[a] for v in verdicts) / len(verdicts), 4)
-                for a in ("shape", "color", "motion", "background")}
+                for a in ADHERENCE_ATTRS}
     summary = {"concept": spec.name, "clips": clips,
                "adherence": round(sum(v.adherence for v in verdicts) / clips, 4),
                "passed": per_attr, "adherence_by_option": by_option(instances, verdicts),
@@ -66,7 +67,7 @@ def by_option(instances, verdicts) -> dict:
     """{attribute: {option: adherence of the clips drawn with it}} for each attribute the prompts vary (which
     shape, colour, motion or background the failures sit on)."""
     out = {}
-    for attr in ("shape", "color", "motion", "background"):
+    for attr in ADHERENCE_ATTRS:
         groups: dict[str, list[float]] = {}
         for inst, verdict in zip(instances, verdicts):
             groups.setdefault(getattr(inst, attr), []).append(verdict.adherence)
