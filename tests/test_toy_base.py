@@ -78,20 +78,34 @@ def test_toy_sizes_stay_small(base_dir):
 
 
 def test_pretrain_recipe_runs_wantune_cache_and_train(tmp_path):
-    """The toy pre-training recipe end to end at smoke size: render, cache, full fine-tuning, base updated."""
+    """The toy pre-training recipe end to end at smoke size: render, cache, full fine-tuning, base updated;
+    `--focus shape=cross:2` adds two cross clips as a second dataset."""
     import json
 
     from wantune.models.checkpoint import load_transformer
     from wantune.toy.pretrain import pretrain
 
-    base = pretrain(tmp_path, clips=4, seed=1, device="cpu",
+    base = pretrain(tmp_path, clips=4, seed=1, device="cpu", focus=["shape=cross:2"],
                     overrides=["training.steps=2", "training.batch_size=2", "logging.progress_bar=false",
                                "logging.tensorboard=false"])
     model = load_transformer(base / "transformer.safetensors", variant=toy_variant(), dtype=torch.float32)
     assert model.head.head.weight.abs().sum() > 0  # the shell's head is zero; training moved it
     rows = [json.loads(line) for line in (tmp_path / "runs" / "toy_base" / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in rows)
-    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) >= 4
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) >= 6
+    truths = [json.loads(p.read_text()) for p in (tmp_path / "data_shape_cross" / "truth").glob("base_*.json")]
+    assert [t["shape"] for t in truths] == ["cross", "cross"]
+    assert (tmp_path / "dataset.toml").read_text().count("[[datasets]]") == 2
+
+
+def test_pretrain_focus_rejects_unknown_option():
+    from wantune.errors import UserError
+    from wantune.toy.pretrain import focus_spec, parse_focus
+
+    with pytest.raises(UserError, match="not a base-world shape"):
+        focus_spec(*parse_focus("shape=star:5:10")[:2])
+    with pytest.raises(UserError, match="ATTRIBUTE=VALUE:CLIPS"):
+        parse_focus("size=9:10")
 
 
 def test_fold_latent_stats_normalises_latents_and_keeps_reconstructions():

@@ -4,7 +4,9 @@
 
 1. `base/`: the toy parts (`wantune.toy.base.build_base`); a trained toy VAE (`--vae FILE`, from
    `wantune.toy.train_vae`) replaces the fresh one.
-2. `data/`: `--clips` clips of the base world (examples/concepts/base.toml), `dataset.toml` pointing at them.
+2. `data/`: `--clips` clips of the base world (examples/concepts/base.toml), `dataset.toml` pointing at them;
+   `--focus shape=cross:2048` adds 2,048 more base-world clips with that one option (`data_shape_cross/`), so a
+   stage can weight the training towards what the model draws worst.
 3. `wantune cache` then `wantune train` with examples/toy_base.toml (copied into the work folder).
 4. The trained transformer is written to `base/transformer.safetensors`: `base/` is then the toy base model.
 """
@@ -30,9 +32,41 @@ def dataset_entry(path: str, regularization: bool = False) -> str:
 DATASET_TOML = 'variant = "toy-t2v"\n' + dataset_entry("data")
 
 
-def prepare(out: Path, clips: int, seed: int, vae: Path | None, variant: str | None = None, workers: int = 1) -> Path:
+def parse_focus(text: str) -> tuple[str, str, int]:
+    """'shape=cross:2048' -> ('shape', 'cross', 2048): extra base-world clips drawn with that one option."""
+    from wantune.toy.judge import ADHERENCE_ATTRS as ATTRIBUTES
+
+    attr, _, rest = text.partition("=")
+    value, _, count = rest.rpartition(":")
+    if attr not in ATTRIBUTES or not value or not count.isdigit() or int(count) < 1:
+        raise UserError(f"--focus {text}: expected ATTRIBUTE=VALUE:CLIPS with ATTRIBUTE one of "
+                        f"{', '.join(ATTRIBUTES)}, e.g. shape=cross:2048")
+    return attr, value, int(count)
+
+
+def focus_spec(attr: str, value: str):
+    """The base world with `attr` fixed to its option `value` (captions unchanged)."""
+    import dataclasses
+
+    from wantune.toy.spec import load_concept
+
+    spec = load_concept("base")
+    options = [o for o in spec.options(attr) if o.value == value]
+    if not options:
+        known = ", ".join(o.value for o in spec.options(attr))
+        raise UserError(f"--focus {attr}={value}: not a base-world {attr} (one of: {known})")
+    return dataclasses.replace(spec, name=f"base_{attr}_{focus_slug(value)}", **{attr: options})
+
+
+def focus_slug(value: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in value)
+
+
+def prepare(out: Path, clips: int, seed: int, vae: Path | None, variant: str | None = None, workers: int = 1,
+            focus: list[str] = ()) -> Path:
     """Write base/, data/, dataset.toml and train.toml into `out`; returns the train config path. `variant`: a
-    toy variant other than the shipped one gets a fresh transformer (once; later runs continue it)."""
+    toy variant other than the shipped one gets a fresh transformer (once; later runs continue it). `focus`:
+    `--focus` texts, each a further dataset of base-world clips with one option fixed."""
     from wantune.toy.base import build_base, build_transformer, folder_variant, save_parts
 
     if not EXAMPLE.is_file():
@@ -51,19 +85,27 @@ def prepare(out: Path, clips: int, seed: int, vae: Path | None, variant: str | N
         shutil.copyfile(vae, out / "base" / "vae.safetensors")
     if not (out / "data" / "videos").is_dir():
         render(out / "data", clips, seed, workers)
-    (out / "dataset.toml").write_text(DATASET_TOML)
+    dataset = DATASET_TOML
+    for k, (attr, value, count) in enumerate(map(parse_focus, focus), start=1):
+        spec = focus_spec(attr, value)
+        folder = f"data_{attr}_{focus_slug(value)}"
+        if not (out / folder / "videos").is_dir():
+            render(out / folder, count, seed + k, workers, spec)
+        dataset += dataset_entry(folder)
+    (out / "dataset.toml").write_text(dataset)
     shutil.copyfile(EXAMPLE, out / "train.toml")
     return out / "train.toml"
 
 
-def render(data: Path, clips: int, seed: int, workers: int = 1) -> None:
-    """Render `clips` base-world clips into data/, in `workers` processes (contiguous index ranges)."""
+def render(data: Path, clips: int, seed: int, workers: int = 1, spec=None) -> None:
+    """Render `clips` clips of `spec` (default: the base world) into `data`, in `workers` processes (contiguous
+    index ranges)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from wantune.toy.spec import load_concept
     from wantune.toy.world import write_dataset
 
-    spec = load_concept("base")
+    spec = spec or load_concept("base")
     workers = max(1, min(workers, clips))
     bounds = [clips * i // workers for i in range(workers + 1)]
     if workers == 1:
@@ -77,7 +119,7 @@ def render(data: Path, clips: int, seed: int, workers: int = 1) -> None:
 
 def pretrain(out: Path, clips: int = 2048, seed: int = 0, vae: Path | None = None,
              overrides: list[str] | None = None, device: str | None = None, use_ema: bool = False,
-             variant: str | None = None, workers: int = 1) -> Path:
+             variant: str | None = None, workers: int = 1, focus: list[str] = ()) -> Path:
     """Run the whole recipe; returns the trained toy base folder (out/base). Run again on the same folder, it
     continues from the last trained transformer (data and cache are reused). `use_ema`: keep the EMA weights
     (`regularisation.ema_decay` > 0) rather than the last ones."""
@@ -87,7 +129,7 @@ def pretrain(out: Path, clips: int = 2048, seed: int = 0, vae: Path | None = Non
 
     from wantune.toy.base import folder_variant
 
-    config = prepare(out, clips, seed, vae, variant, workers)
+    config = prepare(out, clips, seed, vae, variant, workers, focus)
     variant = folder_variant(out / "base")
     job = CacheJob.from_args(argparse.Namespace(
         config=str(config), vae=None, text_encoder=None, tokenizer=None, clip=None, cache_dir=None, variant=None,
@@ -114,10 +156,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="override a key of examples/toy_base.toml, e.g. training.steps=20")
     parser.add_argument("--variant", help="toy variant to pre-train (default: the shipped toy-t2v)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering the clips")
+    parser.add_argument("--focus", action="append", default=[], metavar="ATTR=VALUE:CLIPS",
+                        help="also train on CLIPS base-world clips with ATTR fixed to VALUE, e.g. shape=cross:2048")
     parser.add_argument("--use-ema", action="store_true", help="keep the EMA weights (needs regularisation.ema_decay)")
     args = parser.parse_args(argv)
     print(pretrain(args.out, args.clips, args.seed, args.vae, args.overrides, args.device, args.use_ema, args.variant,
-                   args.workers))
+                   args.workers, args.focus))
 
 
 if __name__ == "__main__":
