@@ -14,10 +14,11 @@ W=$PWD/out/focus; R=${OUT:-$W}; mkdir -p $W $R
 # name  focus-clips  steps  lr   (batch 128, EMA 0.999, cosine, as the shipped stages)
 CANDIDATES="a 2048 1200 1.5e-4
 b 4096 1600 2e-4"
-T="--set training.batch_size=128 --set data.caption_dropout=0.05 --set logging.progress_bar=false
-   --set regularisation.ema_decay=0.999 --set data.cache_in_memory=true --set schedule.warmup_ratio=0 --use-ema"
+T="--set training.batch_size=128 --set data.caption_dropout=0.05 --set logging.progress_bar=false"
+T="$T --set regularisation.ema_decay=0.999 --set data.cache_in_memory=true --set schedule.warmup_ratio=0 --use-ema"
 date
 if [ "$MODE" = start ]; then
+  pkill -f wantune.toy.pretrain; sleep 1
   while read -r name clips steps lr; do
     rm -rf $W/$name; mkdir -p $W/$name/base; cp -r src/wantune/toy/assets/base/. $W/$name/base/
     setsid bash -c "python3 -m wantune.toy.pretrain --out $W/$name --clips 8192 --workers 7 --device cuda $T \
