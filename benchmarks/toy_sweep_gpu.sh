@@ -17,6 +17,7 @@ W=$PWD/out/sweep; R=${OUT:-$W}; mkdir -p $W $R; LIMIT=${2:-480}; MODE=${MODE:-al
 runs() { grep -v '^\s*#' "$1" | grep -v '^\s*$'; }
 date
 if [ "$MODE" != collect ]; then
+  pkill -f "bench learn"; sleep 1
   while read -r name concept args; do
     rm -f $W/$name.json $W/$name.done
     setsid bash -c "timeout $LIMIT python3 -m wantune.cli bench learn --concept $concept --out $W/$name \
