@@ -66,6 +66,8 @@ class SpeedConfig:
     """Numerics: loss and LoRA grads of the fast path against the plain path on the same weights."""
     layers: int | None = None
     """Override the number of blocks (smoke tests)."""
+    profile: bool = False
+    """Profile one more step of each of our runs: device time by kernel category (`wantune.perf.profile`)."""
     seed: int = 0
 
     def validate(self) -> None:
@@ -161,6 +163,10 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
                 latent_grid(variant, cfg.frames, cfg.height, cfg.width)), attention=backend))
             run.update(_price(flops, rates, run["s_per_step"], precision))
             losses[precision] = run["losses"]
+            if cfg.profile:
+                run["profile"] = _profile(setup.step, device, backend)
+                log(f"profile {precision}: " + ", ".join(
+                    f"{k} {v['seconds']:.3f}s" for k, v in run["profile"]["categories"].items()))
         except torch.OutOfMemoryError as exc:
             run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision, "error": "out of memory",
                    "detail": str(exc).splitlines()[0][:200], "memory_estimate": estimate.as_dict()}
@@ -221,6 +227,14 @@ def _time_steps(step, cfg: SpeedConfig, device, tokens: int, attention: str) -> 
             "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
             "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
             "losses": [float(x) for x in losses]}
+
+
+def _profile(step, device, attention: str) -> dict:
+    from wantune.perf.micro import backend_context
+    from wantune.perf.profile import profile_step
+
+    with backend_context(attention):
+        return profile_step(step, device)
 
 
 def _price(flops, rates, seconds: float, precision: str) -> dict:

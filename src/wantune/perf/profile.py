@@ -1,0 +1,77 @@
+"""Where a training step's time goes: one profiled step, its kernels grouped into categories.
+
+`wantune bench speed --profile` adds `profile` to each of our runs: the device time of every kernel of one step
+(torch.profiler, after the timed steps), summed by category (`CATEGORIES`), with the top kernels by time. On a
+CPU run the same grouping applies to the aten operators (the CPU test's path).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import torch
+
+CATEGORIES = (
+    ("attention_backward", r"(sdpa|flash|fmha|attention|attn).*(bprop|backward|bwd|dq|dkdv)|fmha_cutlassB"),
+    ("attention_forward", r"sdpa|flash|fmha|attention|attn"),
+    ("fused_compiled", r"^triton_"),
+    ("matmul_fp8", r"scaled_mm|e4m3|f8f8|fp8"),
+    ("matmul", r"gemm|nvjet|cutlass|xmma|cublas|aten::(mm|addmm|bmm|matmul|linear)$"),
+    ("optimizer", r"multi_tensor|adam|foreach"),
+    ("copy", r"memcpy|memset|copy|aten::(to|_to_copy|copy_|contiguous|clone|cat)$|CatArray"),
+    ("reduction", r"reduce|norm|softmax|aten::(sum|mean|var|amax)$"),
+    ("elementwise", r"elementwise|vectorized|unrolled|aten::(add|mul|sub|div|pow|rsqrt|silu|gelu|tanh|exp|neg)_?$"),
+)
+"""(name, regex) in priority order: a kernel belongs to the first category whose regex matches its name
+(case-insensitive); "other" otherwise."""
+
+_COMPILED = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in CATEGORIES]
+
+
+def category(kernel: str) -> str:
+    """The category of a kernel (or, on the CPU, an aten operator) name."""
+    for name, pattern in _COMPILED:
+        if pattern.search(kernel):
+            return name
+    return "other"
+
+
+def breakdown(times: dict[str, tuple[int, float]], top: int = 15) -> dict:
+    """{kernel: (calls, seconds)} -> total seconds, seconds and share per category, the `top` kernels."""
+    total = sum(s for _, s in times.values())
+    cats: dict[str, float] = defaultdict(float)
+    for kernel, (_, seconds) in times.items():
+        cats[category(kernel)] += seconds
+    ranked = sorted(times.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"kernel_seconds": round(total, 6),
+            "categories": {k: {"seconds": round(v, 6), "share": round(v / total, 4) if total else 0.0}
+                           for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": k[:160], "category": category(k), "calls": n, "seconds": round(s, 6)}
+                            for k, (n, s) in ranked]}
+
+
+def profile_step(step, device: torch.device, top: int = 15) -> dict:
+    """Profile one call of `step` (already warmed up) and return `breakdown` of its kernels: CUDA kernels on a
+    GPU, aten operators (self time, so nothing is counted twice) on the CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize(device)
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    times: dict[str, tuple[int, float]] = {}
+    for event in prof.key_averages():
+        if cuda:
+            seconds = getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0)) / 1e6
+            is_kernel = event.device_type == torch.autograd.DeviceType.CUDA
+        else:
+            seconds, is_kernel = event.self_cpu_time_total / 1e6, event.key.startswith("aten::")
+        if is_kernel and seconds > 0:
+            calls, total = times.get(event.key, (0, 0.0))
+            times[event.key] = (calls + event.count, total + seconds)
+    return breakdown(times, top)
