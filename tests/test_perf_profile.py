@@ -16,6 +16,9 @@ def test_kernel_names_from_gpu_traces_fall_in_their_category():
         "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1_execute": "matmul",
         "nvjet_tst_192x192_64x4_1x2_h_bz_coopB_TNT": "matmul",
         "sm90_xmma_gemm_e4m3e4m3_bf16f32_f32_tn_n_tilesize128x128x128": "matmul_fp8",
+        "nvjet_sm90_qqtst_128x128_128x6_1x2_h_bz_ovscale_TNT": "matmul_fp8",  # _scaled_mm rowwise (H100)
+        "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::"
+        "float8_copy_kernel_cuda(at::TensorIteratorBase&)": "copy",
         "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0":
             "attention_forward",
         "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_7_64x128x128_4x1x1_kernel0_0":

@@ -66,6 +66,8 @@ class SpeedConfig:
     """Numerics: loss and LoRA grads of the fast path against the plain path on the same weights."""
     layers: int | None = None
     """Override the number of blocks (smoke tests)."""
+    fused_lora: bool = True
+    """LoRA fused into its base Linear (`wantune.perf.lora_fused`) in the fast mode."""
     profile: bool = False
     """Profile one more step of each of our runs: device time by kernel category (`wantune.perf.profile`)."""
     seed: int = 0
@@ -147,15 +149,16 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
                    "memory_estimate": estimate.as_dict(), "attention_backend": backend,
                    "settings": {"save_attention": save_attention, "offload": offload, "block_swap": cfg.block_swap,
                                 "plain_blocks": plain_blocks,
-                                "compile": cfg.compile and cfg.mode == "fast", "mode": cfg.mode}}
+                                "compile": cfg.compile and cfg.mode == "fast", "mode": cfg.mode,
+                                "fused_lora": cfg.fused_lora and cfg.mode == "fast"}}
             if cfg.check and not cfg.block_swap:
                 setup.reset_lora()  # the same LoRA weights the plain reference was measured with
                 run["numerics"] = numerics.compare(setup, backend, cfg.compile, save_attention, offload,
-                                                   precision != "bf16", plain_blocks)
+                                                   precision != "bf16", plain_blocks, cfg.fused_lora)
                 log(f"numerics {precision}: {run['numerics']}")
             if cfg.mode == "fast":
                 run["compile_error"] = prepare_fast(setup, backend, cfg.compile, save_attention, offload,
-                                                    plain_blocks)
+                                                    plain_blocks, cfg.fused_lora)
             else:
                 prepare_plain(setup)
             setup.reset_lora()

@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--reference", action="store_true", help="also time diffusers WanTransformer3DModel + peft")
     p.add_argument("--check", action="store_true", help="compare loss and LoRA grads with the plain path")
+    p.add_argument("--no-fused-lora", action="store_true", help="plain LoRA adapters (an extra add and scale pass)")
     p.add_argument("--profile", action="store_true",
                    help="profile one more step of each run: device time by kernel category, top kernels")
     p.add_argument("--layers", type=int, default=None, help="override the block count (smoke tests)")
@@ -69,7 +70,7 @@ def _speed(args) -> int:
         memory_cap_gib=args.memory_cap_gib, block_swap=args.block_swap, offload=_tri(args.offload),
         save_attention=_tri(args.save_attention), compile=not args.no_compile, attention=args.attention,
         mode=args.mode, warmup=args.warmup, steps=args.steps, reference=args.reference, check=args.check,
-        layers=args.layers, profile=args.profile, plain_blocks=None if args.plain_blocks == "auto" else int(args.plain_blocks))
+        layers=args.layers, profile=args.profile, fused_lora=not args.no_fused_lora, plain_blocks=None if args.plain_blocks == "auto" else int(args.plain_blocks))
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
     def save(result: dict) -> None:
         if args.out:

@@ -90,6 +90,40 @@ def dequantize(w_OI: torch.Tensor, w_scale_O: torch.Tensor, dtype: torch.dtype) 
     return (w_OI.to(dtype) * w_scale_O.to(dtype)[:, None])
 
 
+def fp8_linear_forward(x: torch.Tensor, w_OI: torch.Tensor, w_scale_O: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    """x Wᵀ + b with the activations quantised per row and an fp8 matmul (no autograd)."""
+    shape = x.shape
+    x_MI = x.reshape(-1, shape[-1])
+    rows = x_MI.shape[0]
+    pad = -rows % _ROW_MULTIPLE if scaled_mm_available(x.device) else 0
+    if pad:  # zero rows quantise to zeros; their outputs are sliced off
+        x_MI = F.pad(x_MI, (0, 0, 0, pad))
+    xq, x_scale = _quantize(x_MI)
+    out = fp8_matmul(xq, x_scale, w_OI, w_scale_O, x.dtype)
+    out = out[:rows] if pad else out
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out.view(*shape[:-1], w_OI.shape[0])
+
+
+def fp8_linear_grad_input(grad_out: torch.Tensor, w_OI: torch.Tensor, w_scale_O: torch.Tensor,
+                          fp8_backward: bool) -> torch.Tensor:
+    """The input gradient of `fp8_linear_forward`: bf16 from the dequantised weight, or an fp8 matmul."""
+    if not fp8_backward:
+        return grad_out @ dequantize(w_OI, w_scale_O, grad_out.dtype)
+    shape = grad_out.shape
+    g_MO = grad_out.reshape(-1, shape[-1])
+    rows = g_MO.shape[0]
+    pad = -rows % _ROW_MULTIPLE if scaled_mm_available(g_MO.device) else 0
+    if pad:
+        g_MO = F.pad(g_MO, (0, 0, 0, pad))
+    gq, g_scale = _quantize_grad(g_MO, w_scale_O)
+    grad_x = fp8_grad_matmul(gq, g_scale, w_OI, grad_out.dtype)
+    grad_x = grad_x[:rows] if pad else grad_x
+    return grad_x.view(*shape[:-1], w_OI.shape[1])
+
+
 class _Fp8LinearFn(torch.autograd.Function):
     """y = x Wᵀ + b with W fp8 (frozen): fp8 forward, backward for x only."""
 
@@ -97,34 +131,12 @@ class _Fp8LinearFn(torch.autograd.Function):
     def forward(ctx, x, w_OI, w_scale_O, bias, fp8_backward=False):
         ctx.weight = (w_OI, w_scale_O)
         ctx.fp8_backward = fp8_backward
-        shape = x.shape
-        x_MI = x.reshape(-1, shape[-1])
-        rows = x_MI.shape[0]
-        pad = -rows % _ROW_MULTIPLE if scaled_mm_available(x.device) else 0
-        if pad:  # zero rows quantise to zeros; their outputs are sliced off
-            x_MI = F.pad(x_MI, (0, 0, 0, pad))
-        xq, x_scale = _quantize(x_MI)
-        out = fp8_matmul(xq, x_scale, w_OI, w_scale_O, x.dtype)
-        out = out[:rows] if pad else out
-        if bias is not None:
-            out = out + bias.to(out.dtype)
-        return out.view(*shape[:-1], w_OI.shape[0])
+        return fp8_linear_forward(x, w_OI, w_scale_O, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         w_OI, w_scale_O = ctx.weight
-        if not ctx.fp8_backward:
-            return grad_out @ dequantize(w_OI, w_scale_O, grad_out.dtype), None, None, None, None
-        shape = grad_out.shape
-        g_MO = grad_out.reshape(-1, shape[-1])
-        rows = g_MO.shape[0]
-        pad = -rows % _ROW_MULTIPLE if scaled_mm_available(g_MO.device) else 0
-        if pad:
-            g_MO = F.pad(g_MO, (0, 0, 0, pad))
-        gq, g_scale = _quantize_grad(g_MO, w_scale_O)
-        grad_x = fp8_grad_matmul(gq, g_scale, w_OI, grad_out.dtype)
-        grad_x = grad_x[:rows] if pad else grad_x
-        return grad_x.view(*shape[:-1], w_OI.shape[1]), None, None, None, None
+        return fp8_linear_grad_input(grad_out, w_OI, w_scale_O, ctx.fp8_backward), None, None, None, None
 
 
 class Fp8TrainLinear(nn.Linear):

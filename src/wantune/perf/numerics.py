@@ -13,14 +13,14 @@ from wantune.perf.setup import TrainSetup, _backend, prepare_fast, prepare_plain
 
 
 def compare(setup: TrainSetup, backend: str | None, compile: bool, save_attention: bool, offload: bool,
-            fp8: bool, plain_blocks: int = 0) -> dict:
+            fp8: bool, plain_blocks: int = 0, fused_lora: bool = True) -> dict:
     """{loss_plain, loss_fast, loss_rel_diff, grad_rel_l2, grad_cos}; leaves the setup wired plain."""
     if setup.plain_reference is None or not fp8:
         prepare_plain(setup)
         loss, grads = setup.loss_and_grads()
         setup.plain_reference = {"loss": loss, "grads": grads}
     plain = setup.plain_reference
-    prepare_fast(setup, backend, compile, save_attention, offload, plain_blocks)
+    prepare_fast(setup, backend, compile, save_attention, offload, plain_blocks, fused_lora)
     with _backend(backend):
         loss, grads = setup.loss_and_grads()
     prepare_plain(setup)

@@ -16,10 +16,10 @@ CATEGORIES = (
     ("attention_backward", r"(sdpa|flash|fmha|attention|attn).*(bprop|backward|bwd|dq|dkdv)|fmha_cutlassB"),
     ("attention_forward", r"sdpa|flash|fmha|attention|attn"),
     ("fused_compiled", r"^triton_"),
-    ("matmul_fp8", r"scaled_mm|e4m3|f8f8|fp8"),
+    ("copy", r"memcpy|memset|copy|aten::(to|_to_copy|copy_|contiguous|clone|cat)$|CatArray"),
+    ("matmul_fp8", r"scaled_mm|nvjet\w*_qq|ovscale|gemm\w*(e4m3|e5m2)|f8f8"),
     ("matmul", r"gemm|nvjet|cutlass|xmma|cublas|aten::(mm|addmm|bmm|matmul|linear)$"),
     ("optimizer", r"multi_tensor|adam|foreach"),
-    ("copy", r"memcpy|memset|copy|aten::(to|_to_copy|copy_|contiguous|clone|cat)$|CatArray"),
     ("reduction", r"reduce|norm|softmax|aten::(sum|mean|var|amax)$"),
     ("elementwise", r"elementwise|vectorized|unrolled|aten::(add|mul|sub|div|pow|rsqrt|silu|gelu|tanh|exp|neg)_?$"),
 )

@@ -115,10 +115,13 @@ def reset_blocks(model: torch.nn.Module) -> None:
 
 
 def prepare_fast(setup: TrainSetup, backend: str | None, compile: bool, save_attention: bool,
-                 offload: bool, plain_blocks: int = 0) -> str | None:
+                 offload: bool, plain_blocks: int = 0, fused_lora: bool = True) -> str | None:
     """Wire the fast step; if torch.compile fails on a trial step, fall back to eager and return the error."""
+    from wantune.perf.lora_fused import fuse_lora
+
     error = None
     compile_quantize(compile and setup.inputs["target"].is_cuda)
+    fuse_lora(setup.model, fused_lora)
     reset_blocks(setup.model)
     install_fast_blocks(setup.model, compile=compile)
     wrap_blocks(setup.model, save_attention=save_attention, offload=offload, swapper=setup.swapper,
@@ -142,8 +145,10 @@ def prepare_fast(setup: TrainSetup, backend: str | None, compile: bool, save_att
 def prepare_plain(setup: TrainSetup) -> None:
     """Per-block checkpointing as training does by default (block swap still wired if the setup has one)."""
     from wantune.perf.checkpointing import apply_gradient_checkpointing
+    from wantune.perf.lora_fused import fuse_lora
 
     compile_quantize(False)
+    fuse_lora(setup.model, False)
     reset_blocks(setup.model)
     if setup.swapper is not None:
         wrap_blocks(setup.model, save_attention=False, swapper=setup.swapper)

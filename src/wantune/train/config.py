@@ -350,6 +350,8 @@ class PerformanceConfig:
     """Frozen weights of the first N blocks live in pinned CPU memory, streamed to the GPU per block (LoRA only)."""
     offload_activations: bool = False
     """Keep each checkpointed block's saved tensors in pinned CPU memory (needs checkpointing)."""
+    fused_lora: bool = False
+    """Each LoRA adapter fused into its base Linear's forward and backward (no full-size add/scale passes)."""
 
     def validate(self) -> None:
         require(self.block_swap >= 0, "performance.block_swap: must be >= 0 (blocks kept in CPU memory)")

@@ -32,6 +32,10 @@ def apply_performance(model: nn.Module, cfg: TrainConfig, device: torch.device):
         compile_quantize(perf.compile_blocks and device.type == "cuda")
         quantize_linears_fp8(model)
         set_fp8_backward(model, perf.fp8_backward)
+    if perf.fused_lora:
+        from wantune.perf.lora_fused import fuse_lora
+
+        fuse_lora(model)
     if perf.compile_blocks:
         from wantune.perf.compile import install_fast_blocks
 
