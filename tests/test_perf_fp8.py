@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -119,3 +120,18 @@ def test_tiny_model_fp8_backward_loss_and_lora_grads_close_to_bf16():
     report = numerics.summarise(loss_bf16, grads_bf16, loss_all, grads_all)
     assert report["grad_cos"] > 0.99 and report["grad_rel_l2"] < 0.1
     assert numerics.summarise(loss_fwd, grads_fwd, loss_all, grads_all)["grad_rel_l2"] > 0  # fp8 grads in use
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs fp8 tensor cores (CUDA, compute capability >= 8.9)")
+def test_bias_in_the_scaled_mm_epilogue_matches_a_separate_add():
+    from wantune.perf.fp8 import fp8_matmul
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(128, 256, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(128, device="cuda", dtype=torch.bfloat16)
+    (xq, xs), (wq, ws) = quantize_rowwise(x), quantize_rowwise(w)
+    fused = fp8_matmul(xq, xs, wq, ws.view(-1), torch.bfloat16, bias)
+    separate = fp8_matmul(xq, xs, wq, ws.view(-1), torch.bfloat16) + bias
+    torch.testing.assert_close(fused, separate, rtol=2e-2, atol=2e-2)

@@ -65,14 +65,26 @@ def scaled_mm_available(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+_BIAS_IN_MM = [True]
+"""Whether this PyTorch's rowwise `_scaled_mm` takes the bias into its epilogue (cleared on the first refusal)."""
+
+
 def fp8_matmul(xq_MI: torch.Tensor, x_scale_M1: torch.Tensor, w_OI: torch.Tensor, w_scale_O: torch.Tensor,
-               out_dtype: torch.dtype) -> torch.Tensor:
-    """(xq * x_scale) @ (w * w_scale)ᵀ -> (M, O) in out_dtype; fp8 tensor cores when available."""
+               out_dtype: torch.dtype, bias_O: torch.Tensor | None = None) -> torch.Tensor:
+    """(xq * x_scale) @ (w * w_scale)ᵀ + bias -> (M, O) in out_dtype; fp8 tensor cores when available, the bias
+    then added in the matmul's epilogue (no separate broadcast-add pass over the output)."""
     if scaled_mm_available(xq_MI.device):  # rows: a multiple of 16 (fp8_linear pads)
-        return torch._scaled_mm(xq_MI, w_OI.t(), scale_a=x_scale_M1, scale_b=w_scale_O.view(1, -1),
-                                out_dtype=out_dtype, use_fast_accum=True)
-    x32 = xq_MI.float() * x_scale_M1
-    return (x32 @ dequantize(w_OI, w_scale_O, torch.float32).t()).to(out_dtype)
+        kwargs = dict(scale_a=x_scale_M1, scale_b=w_scale_O.view(1, -1), out_dtype=out_dtype, use_fast_accum=True)
+        if bias_O is not None and _BIAS_IN_MM[0]:
+            try:
+                return torch._scaled_mm(xq_MI, w_OI.t(), bias=bias_O.to(out_dtype), **kwargs)
+            except RuntimeError:  # this build's rowwise kernel takes no bias: add it separately from now on
+                _BIAS_IN_MM[0] = False
+        out = torch._scaled_mm(xq_MI, w_OI.t(), **kwargs)
+    else:
+        x32 = xq_MI.float() * x_scale_M1
+        out = (x32 @ dequantize(w_OI, w_scale_O, torch.float32).t()).to(out_dtype)
+    return out if bias_O is None else out + bias_O.to(out_dtype)
 
 
 def fp8_grad_matmul(gq_MO: torch.Tensor, g_scale_M1: torch.Tensor, w_OI: torch.Tensor,
@@ -100,10 +112,8 @@ def fp8_linear_forward(x: torch.Tensor, w_OI: torch.Tensor, w_scale_O: torch.Ten
     if pad:  # zero rows quantise to zeros; their outputs are sliced off
         x_MI = F.pad(x_MI, (0, 0, 0, pad))
     xq, x_scale = _quantize(x_MI)
-    out = fp8_matmul(xq, x_scale, w_OI, w_scale_O, x.dtype)
+    out = fp8_matmul(xq, x_scale, w_OI, w_scale_O, x.dtype, bias)
     out = out[:rows] if pad else out
-    if bias is not None:
-        out = out + bias.to(out.dtype)
     return out.view(*shape[:-1], w_OI.shape[0])
 
 
