@@ -69,6 +69,7 @@ def prepare(out: Path, clips: int, seed: int, vae: Path | None, variant: str | N
     `--focus` texts, each a further dataset of base-world clips with one option fixed."""
     from wantune.toy.base import build_base, build_transformer, folder_variant, save_parts
 
+    focus_sets = [(attr, value, count, focus_spec(attr, value)) for attr, value, count in map(parse_focus, focus)]
     if not EXAMPLE.is_file():
         raise UserError(f"{EXAMPLE}: the toy pre-training config is missing from the checkout")
     out.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,7 @@ def prepare(out: Path, clips: int, seed: int, vae: Path | None, variant: str | N
     if not (out / "data" / "videos").is_dir():
         render(out / "data", clips, seed, workers)
     dataset = DATASET_TOML
-    for k, (attr, value, count) in enumerate(map(parse_focus, focus), start=1):
-        spec = focus_spec(attr, value)
+    for k, (attr, value, count, spec) in enumerate(focus_sets, start=1):  # checked above, before any work
         folder = f"data_{attr}_{focus_slug(value)}"
         if not (out / folder / "videos").is_dir():
             render(out / folder, count, seed + k, workers, spec)
