@@ -23,7 +23,8 @@ def test_bench_learn_checks_inputs(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: concept 'motion' (flag or its [recipe]): --strength 0.0: must be > 0"
     for flag, value, rule in (("--lr", "-1", "--lr -1.0: must be > 0"),
                               ("--dop-multiplier", "-1", "--dop-multiplier -1.0: must be >= 0"),
-                              ("--temporal-weight", "-1", "--temporal-weight -1.0: must be >= 0")):
+                              ("--temporal-weight", "-1", "--temporal-weight -1.0: must be >= 0"),
+                              ("--mask-min-weight", "1.5", "--mask-min-weight 1.5: must be within [0, 1]")):
         assert cli_main(["bench", "learn", "--concept", "motion", flag, value, "--out", str(tmp_path / "r")]) == 2
         assert capsys.readouterr().err.strip() == f"error: concept 'motion' (flag or its [recipe]): {rule}"
     assert not (tmp_path / "r").exists()

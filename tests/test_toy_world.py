@@ -152,6 +152,34 @@ def test_dataset_layout_is_read_by_the_data_pipeline(tmp_path):
     assert all(s.bucket == (64, 64) and len(s.frame_indices) == 17 for s in samples)
 
 
+def test_masks_are_each_objects_exact_coverage_and_pair_with_their_clips(tmp_path):
+    spec = load_concept("style")
+    paths = write_dataset(spec, tmp_path / "ds", 2, seed=3, masks=True)
+    frames, truth = render_clip(spec, 3, 1)
+    mask_FHW = read_frames(tmp_path / "ds" / "masks" / paths[1].name)[..., 0].astype(float) / 255
+    background = render_background(truth["background"], 64, 64, tuple(truth["phase"]))
+    color = np.array([int(truth["color"][i:i + 2], 16) for i in (1, 3, 5)], float)
+    # the coverage c each rendered pixel was blended with (frame = background (1 - c) + colour c), on the channel
+    # where colour and background differ most
+    diff = color - background
+    channel = np.abs(diff).argmax(-1)[..., None]
+    denom = np.take_along_axis(diff, channel, -1)[..., 0]
+    usable = np.abs(denom) > 40
+    cover_FHW = np.clip((np.take_along_axis(frames - background, channel[None], -1)[..., 0]) / np.where(usable, denom, 1),
+                        0, 1)
+    where = usable[None] & ((cover_FHW > 0.05) | (mask_FHW > 0.05))
+    assert where.sum() > 17 * 20 and np.abs(mask_FHW - cover_FHW)[where].mean() < 0.05
+    ys, xs = np.mgrid[0:64, 0:64] + 0.5
+    for f in (0, 8, 16):  # the mask's centroid is the truth's
+        w = mask_FHW[f]
+        assert np.hypot((w * xs).sum() / w.sum() - truth["centroid"][f][0],
+                        (w * ys).sum() / w.sum() - truth["centroid"][f][1]) < 0.5
+    cfg = DatasetConfig([DatasetEntry(tmp_path / "ds", resolution=(64, 64), target_frames=[17],
+                                      mask_path=tmp_path / "ds" / "masks")], variant="wan2.1-t2v-1.3b")
+    samples, skipped = enumerate_samples(cfg)
+    assert not skipped and [s.mask_path.name for s in samples] == [p.name for p in paths]
+
+
 def test_cli_render_and_errors(tmp_path, capsys):
     assert cli_main(["toy", "render", "--concept", "style", "--out", str(tmp_path / "o"), "--clips", "2"]) == 0
     assert len(list((tmp_path / "o" / "videos").glob("*.mp4"))) == 2

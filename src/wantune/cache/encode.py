@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wantune.cache.keys import cond_kind, flips_of, latent_key, text_key
+from wantune.cache.keys import cond_kind, flips_of, latent_key, mask_key, text_key
 from wantune.cache.store import CacheStore
 
 
@@ -29,6 +29,8 @@ class CacheReport:
 
     latents_encoded: int = 0
     latents_reused: int = 0
+    masks_made: int = 0
+    masks_reused: int = 0
     texts_encoded: int = 0
     texts_reused: int = 0
     seconds: float = 0.0
@@ -40,6 +42,8 @@ class CacheReport:
         lines = [f"cache: {self.latents_encoded} latents encoded, {self.latents_reused} reused; "
                  f"{self.texts_encoded} captions encoded, {self.texts_reused} reused; "
                  f"{self.seconds:.1f} s ({rate:.2f} items/s)"]
+        if self.masks_made or self.masks_reused:
+            lines[0] += f"; {self.masks_made} loss masks made, {self.masks_reused} reused"
         lines += [f"skipped {path}: {reason}" for path, reason in self.failed]
         return "\n".join(lines)
 
@@ -137,6 +141,34 @@ def cache_latents(samples, variant, store: CacheStore, vae, clip=None, rank: int
             continue
         save(sample, flip, key, entry)
     flush()
+    report.seconds += time.perf_counter() - start
+    return report
+
+
+def cache_masks(samples, variant, store: CacheStore, rank: int = 0, world: int = 1,
+                report: CacheReport | None = None) -> CacheReport:
+    """Pool the loss mask of every (sample, flip) of this rank's share that has one onto the latent grid and
+    store it under its mask key (a few numbers per latent position; no encoder)."""
+    from wantune.data.masks import latent_mask, load_mask
+    from wantune.errors import UserError
+
+    report = report or CacheReport()
+    start = time.perf_counter()
+    for sample in shard([s for s in samples if s.mask_path is not None], rank, world):
+        keys = {flip: mask_key(sample.sample_id, sample.mask_id, flip, variant.vae_stride) for flip in flips_of(sample)}
+        todo = {flip: key for flip, key in keys.items() if not store.has("masks", key)}
+        report.masks_reused += len(keys) - len(todo)
+        if not todo:
+            continue
+        try:
+            mask_1FHW = latent_mask(load_mask(sample), variant.vae_stride)
+        except UserError as exc:
+            report.failed.append((str(sample.mask_path), str(exc)))
+            continue
+        for flip, key in todo.items():
+            store.save("masks", key, {"mask": _flip(mask_1FHW, flip).contiguous()},
+                       {"sample_id": sample.sample_id, "mask": str(sample.mask_path), "flip": list(flip)})
+            report.masks_made += 1
     report.seconds += time.perf_counter() - start
     return report
 

@@ -2,8 +2,9 @@
 
 A latent key hashes the sample id (source bytes identity, frame window, bucket, control), the flip
 applied, the conditioning kind, and the encoder identity and dtype. A text key hashes the caption text
-and the text encoder identity and dtype. Change any of them and the key changes, so a stale or
-mismatched cache entry can never be read.
+and the text encoder identity and dtype. A mask key hashes the sample id, the mask file's identity, the flip
+and the VAE stride (no encoder runs), so adding or editing masks never re-encodes latents. Change any of them
+and the key changes, so a stale or mismatched cache entry can never be read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ def latent_key(sample_id: str, flip: tuple[bool, bool], cond_kind: str, vae_iden
     """Key of a sample's latents (+ conditioning) as encoded by a given VAE (and CLIP)."""
     return _digest({"sample": sample_id, "flip": [bool(flip[0]), bool(flip[1])], "cond": cond_kind,
                     "vae": vae_identity, "clip": clip_identity})
+
+
+def mask_key(sample_id: str, mask_id: str, flip: tuple[bool, bool], stride: tuple[int, int, int]) -> str:
+    """Key of a sample's loss mask pooled onto the latent grid of a VAE with `stride`."""
+    return _digest({"sample": sample_id, "mask": mask_id, "flip": [bool(flip[0]), bool(flip[1])],
+                    "stride": list(stride)})
 
 
 def text_key(caption: str, text_identity: str) -> str:

@@ -5,7 +5,8 @@
 count) so a batch stacks, reshuffles per epoch from (seed, epoch), shards batches across ranks, reads
 the next batch on a background thread while the current one trains, and resumes exactly from
 `state_dict()`. Its batches are the training loop's interface: `latents_BCFHW`, `context` (list of
-(L_i, D)), `cond_BCFHW`, `clip_BKD`, `weight_B`, `sample_id`.
+(L_i, D)), `cond_BCFHW`, `clip_BKD`, `mask_B1FHW` (loss masks; None when no sample has one), `weight_B`,
+`sample_id`.
 
 Legend: B batch, C channels, F latent frames, H/W latent height/width, L text tokens, D text dim, K CLIP tokens.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wantune.cache.keys import cond_kind, flips_of, latent_key, text_key
+from wantune.cache.keys import cond_kind, flips_of, latent_key, mask_key, text_key
 from wantune.cache.store import CacheStore
 from wantune.errors import UserError
 
@@ -40,6 +41,8 @@ class CacheEntry:
     """(frames, width, height): entries of one shape batch together."""
     repeats: int = 1
     is_regularization: bool = False
+    mask_keys: tuple[str, ...] = ()
+    """The loss mask of each flip variant (empty: no mask)."""
 
 
 def cached_entries(samples, store: CacheStore) -> list[CacheEntry]:
@@ -51,12 +54,15 @@ def cached_entries(samples, store: CacheStore) -> list[CacheEntry]:
                                 info["vae"], info.get("clip", "")) for f in flips_of(s))
         tkey = text_key(s.caption, info["text_encoder"])
         empty = text_key("", info["text_encoder"]) if s.caption_dropout > 0 else None
+        masks = tuple(mask_key(s.sample_id, s.mask_id, f, tuple(info.get("vae_stride", ()))) for f in flips_of(s)
+                      ) if s.mask_path is not None else ()
         needed = [("latents", k) for k in keys] + [("text", tkey)] + ([("text", empty)] if empty else [])
+        needed += [("masks", k) for k in masks]
         if not all(store.has(kind, k) for kind, k in needed):
             missing.append(s)
             continue
         entries.append(CacheEntry(s.sample_id, keys, tkey, empty, s.caption_dropout, s.weight,
-                                  (s.num_frames, *s.bucket), s.repeats, s.is_regularization))
+                                  (s.num_frames, *s.bucket), s.repeats, s.is_regularization, masks))
     if missing:
         raise UserError(f"{store.root}: {len(missing)} of {len(samples)} samples are not cached (first: "
                         f"{missing[0].path}); run `wantune cache CONFIG` again")
@@ -85,12 +91,13 @@ class MemoryStore:
 
 
 def load_entry(store: CacheStore, entry: CacheEntry, flip: int = 0, drop_caption: bool = False) -> dict:
-    """One sample dict (`latents_CFHW`, `context_LD`, `cond_CFHW`, `clip_KD`, `weight`, `sample_id`,
+    """One sample dict (`latents_CFHW`, `context_LD`, `cond_CFHW`, `clip_KD`, `mask_1FHW`, `weight`, `sample_id`,
     `regularization`)."""
     tensors = store.load("latents", entry.latent_keys[flip])
     text = store.load("text", entry.empty_text_key if drop_caption else entry.text_key)
+    mask = store.load("masks", entry.mask_keys[flip])["mask"] if entry.mask_keys else None
     return {"latents_CFHW": tensors["latents"], "context_LD": text["context"], "cond_CFHW": tensors.get("cond"),
-            "clip_KD": tensors.get("clip"), "weight": entry.weight, "sample_id": entry.sample_id,
+            "clip_KD": tensors.get("clip"), "mask_1FHW": mask, "weight": entry.weight, "sample_id": entry.sample_id,
             "regularization": entry.is_regularization}
 
 
@@ -101,9 +108,15 @@ def collate(samples: list[dict]) -> dict:
         return None if any(v is None for v in values) else torch.stack(values)
 
     dop = [s.get("context_dop_LD") for s in samples]
+    masks = [s.get("mask_1FHW") for s in samples]
+    if all(m is None for m in masks):
+        mask = None
+    else:  # a sample without a mask counts everywhere
+        shape = next(m for m in masks if m is not None).shape
+        mask = torch.stack([m.float() if m is not None else torch.ones(shape) for m in masks])
     return {"latents_BCFHW": torch.stack([s["latents_CFHW"] for s in samples]).float(),
             "context": [s["context_LD"] for s in samples], "cond_BCFHW": stacked("cond_CFHW"),
-            "clip_BKD": stacked("clip_KD"), "context_dop": None if any(d is None for d in dop) else dop,
+            "clip_BKD": stacked("clip_KD"), "mask_B1FHW": mask, "context_dop": None if any(d is None for d in dop) else dop,
             "weight_B": torch.tensor([float(s.get("weight", 1.0)) for s in samples]),
             "regularization_B": torch.tensor([bool(s.get("regularization", False)) for s in samples]),
             "sample_id": [s["sample_id"] for s in samples]}

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from wantune.cache.encode import CacheReport, cache_latents, cache_texts, captions_to_cache
+from wantune.cache.encode import CacheReport, cache_latents, cache_masks, cache_texts, captions_to_cache
 from wantune.cache.store import CacheStore
 from wantune.config import read_toml
 from wantune.errors import UserError
@@ -99,7 +99,9 @@ def run_cache(job: CacheJob, progress: bool = True) -> CacheReport:
     store, report = CacheStore(job.cache_dir), CacheReport()
     vae, clip = _load_image_encoders(job, variant, dtype)
     cache_latents(samples, variant, store, vae, clip, rank, world, progress, report)
+    cache_masks(samples, variant, store, rank, world, report)
     info = {"variant": variant.name, "model_type": variant.model_type, "vae": vae.identity,
+            "vae_stride": list(variant.vae_stride),
             "clip": getattr(clip, "identity", "") if variant.has_image_embedding else ""}
     del vae, clip
     texts = captions_to_cache(samples, _dop_prompts(samples, job.dop))

@@ -85,6 +85,10 @@ class DatasetEntry:
     first_last."""
     control_path: Path | None = None
     """Folder of control files with the same base names (or a single file) used instead of the clip's frames."""
+    mask_path: Path | None = None
+    """Folder of loss masks with the same base names, or one file for all (image: every frame; video: frame by
+    frame): white counts
+    fully in the loss, black at `training.mask_min_weight`, grey in between (masked loss)."""
     strict: bool = False
     """Stop with an error at the first unusable file instead of skipping it."""
 
@@ -188,7 +192,8 @@ def resolve_paths(cfg: DatasetConfig, base: Path) -> DatasetConfig:
     def absolute(p: Path | None) -> Path | None:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
-    entries = [dataclasses.replace(e, path=absolute(e.path), control_path=absolute(e.control_path))
+    entries = [dataclasses.replace(e, path=absolute(e.path), control_path=absolute(e.control_path),
+                                   mask_path=absolute(e.mask_path))
                for e in cfg.datasets]
     return dataclasses.replace(cfg, datasets=entries)
 

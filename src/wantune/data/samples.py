@@ -69,6 +69,10 @@ class Sample:
     """Label of the dataset it comes from."""
     variable_rate: bool = False
     """The source has a variable frame rate (frames were picked by timestamp; decode without seeking)."""
+    mask_path: Path | None = None
+    """Its loss mask (the dataset's `mask_path`), or None."""
+    mask_id: str = ""
+    """Identity of the mask file's bytes ('' without a mask)."""
 
     @property
     def num_frames(self) -> int:
@@ -196,11 +200,15 @@ def _item_samples(item: MediaItem, entry: DatasetEntry, variant, record: FileRec
         record.caption_source = caption.source
         bucket = _bucket_for(info, entry, variant.pixel_multiple)
         control_path = _control_for(item, entry, memo)
+        mask_path = _mask_for(item, entry, memo)
         identity = source_identity(item.path)
     except UserError as exc:
         return [], [Skipped(item.path, _strip_path(str(exc), item.path))]
     windows, skips = _windows(info, entry, variant.fps)
+    if mask_path is not None:
+        windows, skips = _fit_mask(windows, skips, mask_path, memo, item.path)
     control_id = source_identity(control_path) if control_path else ""
+    mask_id = source_identity(mask_path) if mask_path else ""
     samples = []
     for frame_indices in windows:
         sample_id = _sample_id(identity, frame_indices, bucket, control_id)
@@ -208,14 +216,15 @@ def _item_samples(item: MediaItem, entry: DatasetEntry, variant, record: FileRec
             sample_id, item.path, info.kind, caption.text, frame_indices, float(variant.fps), bucket,
             (info.width, info.height), info.fps, identity, _control_frames(entry, variant, len(frame_indices)),
             control_path, caption.source, entry.caption_dropout, entry.weight, entry.is_regularization,
-            entry.flip_x, entry.flip_y, entry.num_repeats, record.dataset, info.timestamps is not None))
+            entry.flip_x, entry.flip_y, entry.num_repeats, record.dataset, info.timestamps is not None, mask_path,
+            mask_id))
     record.samples, record.buckets = len(samples), [bucket] if samples else []
     return samples, skips
 
 
 def _control_for(item: MediaItem, entry: DatasetEntry, memo: dict) -> Path | None:
     """The item's control file (JSONL column, else control_path), checked readable; None without one."""
-    control = item.control or _control_file(item.path, entry)
+    control = item.control or _companion_file(item.path, entry.control_path)
     if control is None:
         if entry.control_path is not None:
             raise UserError(f"no control file for it in {entry.control_path}")
@@ -225,6 +234,31 @@ def _control_for(item: MediaItem, entry: DatasetEntry, memo: dict) -> Path | Non
     except UserError as exc:
         raise UserError(f"control {exc}") from None
     return control
+
+
+def _mask_for(item: MediaItem, entry: DatasetEntry, memo: dict) -> Path | None:
+    """The item's loss mask in the dataset's mask_path, checked readable; None when the dataset has none."""
+    if entry.mask_path is None:
+        return None
+    mask = _companion_file(item.path, entry.mask_path)
+    if mask is None:
+        raise UserError(f"no mask file for it in {entry.mask_path} (same base name, image or video)")
+    try:
+        _probe_once(mask, memo)
+    except UserError as exc:
+        raise UserError(f"mask {exc}") from None
+    return mask
+
+
+def _fit_mask(windows: list, skips: list, mask: Path, memo: dict, path: Path) -> tuple[list, list]:
+    """The windows a video mask covers (an image mask covers any); each other one becomes a Skipped."""
+    info = memo[mask]
+    if info.kind == "image":
+        return windows, skips
+    kept = [w for w in windows if max(w) < info.num_frames]
+    skips = skips + [Skipped(path, f"mask {mask} has {info.num_frames} frames; the {len(w)}-frame window needs "
+                                   f"{max(w) + 1}; make the mask as long as the clip") for w in windows if w not in kept]
+    return kept, skips
 
 
 def _strip_path(message: str, path: Path) -> str:
@@ -281,8 +315,9 @@ def _control_frames(entry: DatasetEntry, variant, num_frames: int) -> tuple[int,
     return ()
 
 
-def _control_file(media: Path, entry: DatasetEntry) -> Path | None:
-    root = entry.control_path
+def _companion_file(media: Path, root: Path | None) -> Path | None:
+    """The file in `root` with `media`'s base name (any image or video extension), `root` itself when it is a
+    file, or None."""
     if root is None:
         return None
     if root.is_file():

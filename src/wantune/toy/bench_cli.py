@@ -36,6 +36,9 @@ def register_learn(bench_subparsers) -> None:
     recipe.add_argument("--prior-target", choices=("data", "base"),
                         help="train the prior clips towards their latents (data, the default) or the base model's "
                              "prediction (base)")
+    recipe.add_argument("--mask-min-weight", type=float,
+                        help="masked loss: weight the background this much against the object (0-1; off unless "
+                             "given)")
     recipe.add_argument("--strength", type=float,
                         help="LoRA strength for the clips generated with it, concept and base-world prompts (1.0)")
     p.add_argument("--dop", choices=("both", "on", "off"), default="both",

@@ -51,6 +51,9 @@ class LearnSettings:
     prior_target: str = "data"
     """What the prior clips are trained towards: "data" their latents (DreamBooth prior preservation), "base" the
     base model's own prediction (the LoRA should change nothing on them); `regularisation.prior_target`."""
+    mask_min_weight: float | None = None
+    """Masked loss: render each clip's object mask and train with `training.mask_min_weight` = this (the weight of
+    the background against the object's 1); None: off."""
     seed: int = 0
     """Seed of the rendered clips and the run."""
     strength: float = 1.0
@@ -77,10 +80,12 @@ class LearnSettings:
             raise UserError(f"--dop-multiplier {self.dop_multiplier}: must be >= 0")
         if not self.temporal_weight >= 0:
             raise UserError(f"--temporal-weight {self.temporal_weight}: must be >= 0")
+        if self.mask_min_weight is not None and not 0 <= self.mask_min_weight <= 1:
+            raise UserError(f"--mask-min-weight {self.mask_min_weight}: must be within [0, 1]")
 
 
 RECIPE_FIELDS = ("clips", "steps", "batch_size", "rank", "lr", "prior_clips", "prior_target", "dop_multiplier",
-                 "temporal_weight", "strength")
+                 "temporal_weight", "strength", "mask_min_weight")
 
 
 def settings_for(spec: ConceptSpec, settings: LearnSettings, flags: dict) -> LearnSettings:
@@ -122,6 +127,8 @@ def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bo
         cfg["regularisation"] = {"prior_target": settings.prior_target}
     if settings.temporal_weight:
         cfg.setdefault("regularisation", {})["temporal_weight"] = settings.temporal_weight
+    if settings.mask_min_weight is not None:
+        cfg["training"]["mask_min_weight"] = settings.mask_min_weight
     if dop:
         cfg.setdefault("regularisation", {})["dop"] = {
             "enabled": True, "trigger": spec.trigger, "class_word": spec.class_word or "thing",
@@ -156,9 +163,10 @@ def train_lora(spec: ConceptSpec, base: Path, work: Path, settings: LearnSetting
     from wantune.train.recipe import main as train_main
 
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / "data" / "videos").is_dir():
-        write_dataset(spec, work / "data", settings.clips, settings.seed)
-    dataset = DATASET_TOML
+    masked = settings.mask_min_weight is not None
+    if not (work / "data" / "videos").is_dir() or (masked and not (work / "data" / "masks").is_dir()):
+        write_dataset(spec, work / "data", settings.clips, settings.seed, masks=masked)
+    dataset = DATASET_TOML + ('mask_path = "data/masks"\n' if masked else "")
     if settings.prior_clips:
         if not (work / "prior" / "videos").is_dir():
             write_dataset(load_concept("base"), work / "prior", settings.prior_clips, settings.seed + 1)

@@ -74,6 +74,8 @@ class Recipe:
     """Weight of the frame-difference (motion) loss (`regularisation.temporal_weight`)."""
     strength: float | None = None
     """The strength the concept's LoRA is used (and judged) at, for the concept's and the base world's prompts."""
+    mask_min_weight: float | None = None
+    """Masked loss: train on the objects' exact masks with the background weighted this much (unset: off)."""
 
     def validate(self) -> None:
         if self.prior_target not in (None, "data", "base"):

@@ -211,16 +211,21 @@ def sample_instance(spec: ConceptSpec, seed: int, index: int) -> Instance:
     return inst
 
 
+def instance_coverage(spec: ConceptSpec, inst: Instance) -> np.ndarray:
+    """The object's exact anti-aliased coverage in every frame: (F, H, W) in [0, 1] (its loss mask)."""
+    shape = parse_shape(inst.shape)
+    center, size, angle = trajectory(inst, spec.frames)
+    return np.stack([shape_coverage(shape, tuple(center[f]), float(size[f]), float(angle[f]), spec.height, spec.width)
+                     for f in range(spec.frames)])
+
+
 def render_instance(spec: ConceptSpec, inst: Instance) -> tuple[np.ndarray, dict]:
     """frames_FHWC uint8 and the ground-truth dict of one instance."""
-    shape = parse_shape(inst.shape)
     color = np.array(parse_color(inst.color), dtype=np.float64)
     background = render_background(inst.background, spec.height, spec.width, inst.phase)
     center, size, angle = trajectory(inst, spec.frames)
-    frames = np.empty((spec.frames, spec.height, spec.width, 3), dtype=np.uint8)
-    for f in range(spec.frames):
-        cover = shape_coverage(shape, tuple(center[f]), float(size[f]), float(angle[f]), spec.height, spec.width)
-        frames[f] = np.round(background * (1 - cover[..., None]) + color * cover[..., None]).astype(np.uint8)
+    cover_FHW = instance_coverage(spec, inst)[..., None]
+    frames = np.round(background * (1 - cover_FHW) + color * cover_FHW).astype(np.uint8)
     truth = {**asdict(inst), "start": list(inst.start), "phase": list(inst.phase),
              "concept": spec.name, "trigger": spec.trigger, "fps": spec.fps,
              "centroid": np.round(center, 3).tolist(), "radius": np.round(size, 3).tolist(),
@@ -235,14 +240,16 @@ def render_clip(spec: ConceptSpec, seed: int, index: int) -> tuple[np.ndarray, d
     return frames, truth
 
 
-def write_dataset(spec: ConceptSpec, out: str | Path, clips: int, seed: int = 0, start: int = 0) -> list[Path]:
-    """Render clips into out/videos/*.mp4, out/captions/*.txt, out/truth/*.json; returns the video paths."""
+def write_dataset(spec: ConceptSpec, out: str | Path, clips: int, seed: int = 0, start: int = 0,
+                  masks: bool = False) -> list[Path]:
+    """Render clips into out/videos/*.mp4, out/captions/*.txt, out/truth/*.json (and with `masks` each object's
+    exact coverage as a loss mask, out/masks/*.mp4); returns the video paths."""
     from wantune.data.video import write_video
 
     if clips < 1:
         raise UserError(f"--clips {clips}: must be >= 1")
     out = Path(out)
-    for sub in ("videos", "captions", "truth"):
+    for sub in ("videos", "captions", "truth") + (("masks",) if masks else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / "truth" / "concept.json").write_text(json.dumps(concept_to_dict(spec), indent=1) + "\n")
     paths = []
@@ -252,5 +259,8 @@ def write_dataset(spec: ConceptSpec, out: str | Path, clips: int, seed: int = 0,
         paths.append(write_video(out / "videos" / f"{stem}.mp4", frames, spec.fps,
                                  metadata={"comment": f"wantune toy {spec.name} seed={seed} index={index}"}))
         (out / "captions" / f"{stem}.txt").write_text(truth["caption"] + "\n", encoding="utf-8")
+        if masks:
+            gray_FHW1 = np.round(instance_coverage(spec, sample_instance(spec, seed, index)) * 255)[..., None]
+            write_video(out / "masks" / f"{stem}.mp4", np.repeat(gray_FHW1.astype(np.uint8), 3, -1), spec.fps)
         (out / "truth" / f"{stem}.json").write_text(json.dumps(truth) + "\n")
     return paths

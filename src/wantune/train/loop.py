@@ -27,7 +27,7 @@ from wantune.dist.env import all_reduce_mean
 from wantune.dist.parallel import full_value, grad_sync
 from wantune.train.config import TrainConfig
 from wantune.train.objective import (SigmaRange, differential_target, forward_model, make_inputs, masked_mse_B,
-                                     sample_sigmas, stack_context, temporal_mse_B)
+                                     sample_sigmas, stack_context, temporal_mse_B, with_loss_mask)
 from wantune.train.regularise import EMA, base_prior_target, dop_loss
 
 
@@ -126,11 +126,12 @@ def batch_loss(unit: TrainUnit, batch: dict, ctx: StepContext) -> tuple[torch.Te
         target_BCFHW = base_prior_target(unit.model, unit.network, batch, inputs, context_BLD, ctx.autocast)
     if cfg.regularisation.differential_guidance_scale > 1.0:
         target_BCFHW = differential_target(pred_BCFHW, target_BCFHW, cfg.regularisation.differential_guidance_scale)
-    loss_B = masked_mse_B(pred_BCFHW, target_BCFHW, inputs.mask_BCFHW)
+    loss_mask = with_loss_mask(inputs, batch.get("mask_B1FHW"), cfg.training.mask_min_weight).mask_BCFHW
+    loss_B = masked_mse_B(pred_BCFHW, target_BCFHW, loss_mask)
     loss = (loss_B * batch["weight_B"]).sum() / batch["weight_B"].sum()
     parts = {"loss/flow": loss.item(), "sigma_mean": sigma_B.mean().item()}
     if cfg.regularisation.temporal_weight > 0:
-        temporal_B = temporal_mse_B(pred_BCFHW, target_BCFHW, inputs.mask_BCFHW)
+        temporal_B = temporal_mse_B(pred_BCFHW, target_BCFHW, loss_mask)
         temporal = (temporal_B * batch["weight_B"]).sum() / batch["weight_B"].sum()
         parts["loss/temporal"] = temporal.item()
         loss = loss + cfg.regularisation.temporal_weight * temporal

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from wantune.errors import UserError
 from wantune.train.config import TimestepConfig
 
 
@@ -126,9 +127,25 @@ def make_inputs(latents_BCFHW: torch.Tensor, noise_BCFHW: torch.Tensor, sigma_B:
     return NoisyInputs(x, t.to(latents_BCFHW.device), target, mask)
 
 
+def with_loss_mask(inputs: NoisyInputs, mask_B1FHW: torch.Tensor | None, min_weight: float) -> NoisyInputs:
+    """`inputs` whose loss mask also weighs each position by the batch's loss masks (masked loss: min_weight where a
+    mask is black, 1 where white); unchanged when the batch has none."""
+    if mask_B1FHW is None:
+        return inputs
+    from wantune.data.masks import loss_weights
+
+    shape = inputs.target_BCFHW.shape
+    if mask_B1FHW.shape[0] != shape[0] or mask_B1FHW.shape[2:] != shape[2:]:
+        raise UserError(f"loss mask of shape {tuple(mask_B1FHW.shape)} does not fit latents of shape {tuple(shape)}; "
+                        "run `wantune cache` on this config again")
+    weights = loss_weights(mask_B1FHW.to(inputs.target_BCFHW.device), min_weight).expand(shape)
+    mask = weights if inputs.mask_BCFHW is None else weights * inputs.mask_BCFHW
+    return NoisyInputs(inputs.x_BCFHW, inputs.t, inputs.target_BCFHW, mask)
+
+
 def masked_mse_B(pred_BCFHW: torch.Tensor, target_BCFHW: torch.Tensor,
                  mask_BCFHW: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample mean squared error over the positions the mask keeps."""
+    """Per-sample mean squared error over the positions the mask keeps (a weighted mean for a soft mask)."""
     err = (pred_BCFHW.float() - target_BCFHW.float()) ** 2
     if mask_BCFHW is None:
         return err.flatten(1).mean(1)

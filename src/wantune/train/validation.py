@@ -10,7 +10,7 @@ import torch
 
 from wantune.cache.loader import collate
 from wantune.train.loop import StepContext, TrainUnit, to_device
-from wantune.train.objective import forward_model, make_inputs, masked_mse_B, stack_context
+from wantune.train.objective import forward_model, make_inputs, masked_mse_B, stack_context, with_loss_mask
 
 
 @torch.no_grad()
@@ -46,7 +46,8 @@ def _batch_loss(unit: TrainUnit, first: int, samples: list[dict], t: int, ctx: S
                          patch=variant.patch_size)
     with ctx.autocast():
         pred = forward_model(unit.model, batch, inputs, stack_context(batch["context"]))
-    return masked_mse_B(pred, inputs.target_BCFHW, inputs.mask_BCFHW).cpu()
+    mask = with_loss_mask(inputs, batch.get("mask_B1FHW"), ctx.cfg.training.mask_min_weight).mask_BCFHW
+    return masked_mse_B(pred, inputs.target_BCFHW, mask).cpu()
 
 
 def timestep_owners(timesteps: list[int], units: list[TrainUnit], all_units: bool = True) -> dict[int, TrainUnit]:
