@@ -61,6 +61,9 @@ def test_scan_pairs_masks_by_base_name_and_skips_a_clip_without_one(tmp_path):
     assert samples[0].mask_id
     assert [(s.path.name, s.reason) for s in skipped] == [("b.png", f"no mask file for it in {tmp_path / 'masks'} "
                                                             "(same base name, image or video)")]
+    from wantune.data.check import check_dataset, format_report
+    report = check_dataset(cfg)
+    assert report.datasets[0]["masked_samples"] == 1 and "1 skipped; head [41]; 1 with loss masks" in format_report(report)
 
 
 def _mask_video(path, frames: int, white_left: bool):

@@ -114,6 +114,7 @@ def _dataset_rows(cfg: DatasetConfig, result: ScanResult) -> list[dict]:
             "samples": len(mine), "samples_per_epoch": samples_per_epoch(mine),
             "skipped": sum(1 for s in result.skipped if s.dataset == label),
             "frame_extraction": entry.frame_extraction, "target_frames": list(entry.target_frames),
+            "masked_samples": sum(1 for s in mine if s.mask_path is not None),
         })
     return rows
 
@@ -155,7 +156,8 @@ def format_report(report: CheckReport) -> str:
     for d in report.datasets:
         lines.append(f"dataset {d['name']} ({d['path']}): {d['files']} files ({d['images']} images, "
                      f"{d['videos']} videos), {d['samples']} samples, {d['samples_per_epoch']} per epoch, "
-                     f"{d['skipped']} skipped; {d['frame_extraction']} {d['target_frames']}")
+                     f"{d['skipped']} skipped; {d['frame_extraction']} {d['target_frames']}"
+                     + (f"; {d['masked_samples']} with loss masks" if d["masked_samples"] else ""))
     lines += ["", "files:"]
     for f in report.files:
         if "kind" not in f:
