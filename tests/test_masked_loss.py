@@ -63,7 +63,8 @@ def test_scan_pairs_masks_by_base_name_and_skips_a_clip_without_one(tmp_path):
                                                             "(same base name, image or video)")]
     from wantune.data.check import check_dataset, format_report
     report = check_dataset(cfg)
-    assert report.datasets[0]["masked_samples"] == 1 and "1 skipped; head [41]; 1 with loss masks" in format_report(report)
+    assert report.datasets[0]["masked_samples"] == 1
+    assert "1 skipped; head [41]; 1 with loss masks" in format_report(report)
 
 
 def _mask_video(path, frames: int, white_left: bool):
@@ -75,7 +76,8 @@ def _mask_video(path, frames: int, white_left: bool):
 def _run(tmp_path, name: str, masks: str | None, min_weight: float, capsys) -> list[float]:
     data = tmp_path / f"{name}.toml"
     data.write_text('[[datasets]]\npath = "clips"\nresolution = [32, 32]\nenable_bucket = false\n'
-                    'target_frames = [5]\nframe_extraction = "head"\n' + (f'mask_path = "{masks}"\n' if masks else ""))
+                    'target_frames = [5]\nframe_extraction = "head"\n'
+                    + (f'mask_path = "{masks}"\n' if masks else ""))
     train = tmp_path / f"train_{name}.toml"
     train.write_text(f'[model]\nvariant = "wan2.1-t2v-1.3b"\ntiny = true\ndtype = "fp32"\nvae = "{VAE}"\n'
                      f'text_encoder = "{UMT5}"\ntokenizer = "{TOKENIZER}"\n'

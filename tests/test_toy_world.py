@@ -165,8 +165,8 @@ def test_masks_are_each_objects_exact_coverage_and_pair_with_their_clips(tmp_pat
     channel = np.abs(diff).argmax(-1)[..., None]
     denom = np.take_along_axis(diff, channel, -1)[..., 0]
     usable = np.abs(denom) > 40
-    cover_FHW = np.clip((np.take_along_axis(frames - background, channel[None], -1)[..., 0]) / np.where(usable, denom, 1),
-                        0, 1)
+    blended_FHW = np.take_along_axis(frames - background, channel[None], -1)[..., 0]
+    cover_FHW = np.clip(blended_FHW / np.where(usable, denom, 1), 0, 1)
     where = usable[None] & ((cover_FHW > 0.05) | (mask_FHW > 0.05))
     assert where.sum() > 17 * 20 and np.abs(mask_FHW - cover_FHW)[where].mean() < 0.05
     ys, xs = np.mgrid[0:64, 0:64] + 0.5

@@ -116,7 +116,8 @@ def collate(samples: list[dict]) -> dict:
         mask = torch.stack([m.float() if m is not None else torch.ones(shape) for m in masks])
     return {"latents_BCFHW": torch.stack([s["latents_CFHW"] for s in samples]).float(),
             "context": [s["context_LD"] for s in samples], "cond_BCFHW": stacked("cond_CFHW"),
-            "clip_BKD": stacked("clip_KD"), "mask_B1FHW": mask, "context_dop": None if any(d is None for d in dop) else dop,
+            "clip_BKD": stacked("clip_KD"), "mask_B1FHW": mask,
+            "context_dop": None if any(d is None for d in dop) else dop,
             "weight_B": torch.tensor([float(s.get("weight", 1.0)) for s in samples]),
             "regularization_B": torch.tensor([bool(s.get("regularization", False)) for s in samples]),
             "sample_id": [s["sample_id"] for s in samples]}

@@ -257,7 +257,8 @@ def _fit_mask(windows: list, skips: list, mask: Path, memo: dict, path: Path) ->
         return windows, skips
     kept = [w for w in windows if max(w) < info.num_frames]
     skips = skips + [Skipped(path, f"mask {mask} has {info.num_frames} frames; the {len(w)}-frame window needs "
-                                   f"{max(w) + 1}; make the mask as long as the clip") for w in windows if w not in kept]
+                                   f"{max(w) + 1}; make the mask as long as the clip")
+                     for w in windows if w not in kept]
     return kept, skips
 
 
