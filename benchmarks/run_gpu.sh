@@ -40,14 +40,14 @@ case "$1" in
     timeout 400 $S --frames 41 --height 768 --width 768 --precision bf16,fp8,fp8-all --warmup 2 --steps 3 \
       --out $OUT/a14b_41f_768x768_fp8all.json 2>&1 | tee -a $OUT/run4.log
     ;;
-  5)  # fused LoRA (wantune.perf.lora_fused): numerics on 2 blocks, then the guide's job shape with and without,
-      # each profiled (device time by kernel category)
+  5)  # fused LoRA (wantune.perf.lora_fused): the guide's job shape with and without, each profiled (device time by
+      # kernel category), then numerics on 2 blocks
     nvidia-smi --query-gpu=name,memory.total --format=csv
-    timeout 90 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check \
-      --warmup 1 --steps 2 --out $OUT/smoke_fused.json 2>&1 | tee $OUT/run5.log
     timeout 190 $S --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 3 --profile \
-      --out $OUT/a14b_41f_768x768_fused.json 2>&1 | tee -a $OUT/run5.log
+      --out $OUT/a14b_41f_768x768_fused.json 2>&1 | tee $OUT/run5.log
     timeout 190 $S --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 3 --profile \
       --no-fused-lora --out $OUT/a14b_41f_768x768_unfused.json 2>&1 | tee -a $OUT/run5.log
+    timeout 90 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check \
+      --warmup 1 --steps 2 --out $OUT/smoke_fused.json 2>&1 | tee -a $OUT/run5.log
     ;;
 esac
