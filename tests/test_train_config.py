@@ -68,6 +68,15 @@ def test_bad_numbers_fail_at_load_naming_the_key(tmp_path, override, message):
     assert "\n" not in str(exc.value)
 
 
+def test_mask_min_weight_outside_0_1_fails_naming_the_key(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[model]\ntiny = true\n[data.synthetic]\n[training]\nsteps = 1\n")
+    with pytest.raises(UserError) as exc:
+        load_train_config(f, ["training.mask_min_weight=1.5"])
+    assert str(exc.value) == "training.mask_min_weight 1.5: must be in [0, 1]"
+    assert load_train_config(f, ["training.mask_min_weight=0.25"]).training.mask_min_weight == 0.25
+
+
 def test_cross_field_checks(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[model]\ntiny = true\n")

@@ -382,16 +382,14 @@ class TrainingConfig:
     spike_factor: float = 10.0
     """A loss above this many times the recent median is a spike: the step is skipped and reported."""
     mask_min_weight: float = 0.0
-    """Masked loss (datasets with `mask_path`): the loss weight of black mask pixels, white ones weigh 1. 0 ignores
-    everything outside the masks; e.g. 0.2 still learns the background but stresses the masked subject."""
+    """Masked loss (datasets with `mask_path`): loss weight of black mask pixels (white: 1; 0 ignores the rest)."""
 
     def validate(self) -> None:
         require((self.steps is None) != (self.epochs is None), "training: set exactly one of steps or epochs")
         require((self.steps or 1) > 0 and (self.epochs or 1) > 0, "training: steps/epochs must be positive")
         require(self.batch_size >= 1 and self.grad_accumulation >= 1,
                 "training: batch_size and grad_accumulation must be >= 1")
-        require(0.0 <= self.mask_min_weight <= 1.0, f"training.mask_min_weight {self.mask_min_weight}: must be in "
-                "[0, 1] (the loss weight of black mask pixels)")
+        require(0 <= self.mask_min_weight <= 1, f"training.mask_min_weight {self.mask_min_weight}: must be in [0, 1]")
 
 
 @dataclass
