@@ -24,7 +24,8 @@ def test_bench_learn_checks_inputs(tmp_path, capsys):
     for flag, value, rule in (("--lr", "-1", "--lr -1.0: must be > 0"),
                               ("--dop-multiplier", "-1", "--dop-multiplier -1.0: must be >= 0"),
                               ("--temporal-weight", "-1", "--temporal-weight -1.0: must be >= 0"),
-                              ("--mask-min-weight", "1.5", "--mask-min-weight 1.5: must be within [0, 1]")):
+                              ("--mask-min-weight", "1.5", "--mask-min-weight 1.5: must be within [0, 1]"),
+                              ("--eval-seed", "-1", "--eval-seed -1: must be >= 0")):
         assert cli_main(["bench", "learn", "--concept", "motion", flag, value, "--out", str(tmp_path / "r")]) == 2
         assert capsys.readouterr().err.strip() == f"error: concept 'motion' (flag or its [recipe]): {rule}"
     assert not (tmp_path / "r").exists()
@@ -108,12 +109,22 @@ def test_bench_learn_smoke(tmp_path, capsys):
     assert "4 training samples" in (work / "runs" / "motion_dop" / "train.log").read_text()
     assert 'prior_target = "base"' in (work / "runs" / "motion_dop" / "config.toml").read_text()
     assert result["recipe"]["prior_target"] == "base" and result["recipe"]["steps"] == 3
+    from wantune.toy.spec import load_concept
+    from wantune.toy.world import sample_instance
+
+    def drawn(concept, seed):
+        return [sample_instance(load_concept(concept), seed, 0).caption]
+    assert result["eval"] == {"seed": 5000, "clips": 1, "first_prompts": {"concept": drawn("motion", 5000),
+                                                                          "base": drawn("base", 5000)}}
     # one LoRA only (no DOP), a training key overridden: the EMA weights are the ones judged
     code = cli_main(["bench", "learn", "--concept", "motion", "--base", str(base), "--out", str(tmp_path / "e"),
                      "--clips", "2", "--steps", "3", "--eval-clips", "1", "--sample-steps", "2", "--device", "cpu",
-                     "--prior-clips", "0", "--dop", "off", "--set", "regularisation.ema_decay=0.9", "--json"])
+                     "--prior-clips", "0", "--dop", "off", "--set", "regularisation.ema_decay=0.9", "--eval-seed",
+                     "6000", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["eval"] == {"seed": 6000, "clips": 1, "first_prompts": {"concept": drawn("motion", 6000),
+                                                                          "base": drawn("base", 6000)}}
     assert "dop" not in result and result["no_dop"]["lora"].endswith("_ema.safetensors")
     assert "ema_decay = 0.9" in (tmp_path / "e" / "motion" / "runs" / "motion_plain" / "config.toml").read_text()
 

@@ -47,6 +47,8 @@ def register_learn(bench_subparsers) -> None:
                    help="override a key of the LoRA training config, as `wantune train --set` (repeatable), "
                         "e.g. regularisation.ema_decay=0.99")
     p.add_argument("--eval-clips", type=int, default=16, help="generated clips per prompt set")
+    p.add_argument("--eval-seed", type=int, default=5000,
+                   help="seed of the judged prompts (5000; 6000 and 7000 give the held-out sets of docs/toy.md)")
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the toy variant's)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
@@ -70,7 +72,7 @@ def _learn(args: argparse.Namespace) -> int:
 
     base = Path(args.base) if args.base else BASE_DIR
     check_base(base)
-    defaults = LearnSettings(prior_clips=32, eval_clips=args.eval_clips,
+    defaults = LearnSettings(prior_clips=32, eval_clips=args.eval_clips, eval_seed=args.eval_seed,
                              sample_steps=args.sample_steps, seed=args.seed, device=args.device,
                              dop_runs={"both": (False, True), "on": (True,), "off": (False,)}[args.dop],
                              train_set=tuple(args.train_set))

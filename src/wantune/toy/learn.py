@@ -40,6 +40,8 @@ class LearnSettings:
     """AdamW learning rate."""
     eval_clips: int = 16
     """Generated clips per prompt set."""
+    eval_seed: int = EVAL_SEED
+    """Seed of the judged prompts and their sampling noise (5000; docs/toy.md's held-out sets use 6000 and 7000)."""
     sample_steps: int | None = None
     """Sampling steps (default: the toy variant's)."""
     dop_multiplier: float = 1.0
@@ -69,7 +71,8 @@ class LearnSettings:
         """One line naming the flag for a count that cannot work (before anything is rendered or trained)."""
         for flag, value, least in (("--clips", self.clips, 1), ("--steps", self.steps, 1),
                                    ("--batch-size", self.batch_size, 1), ("--rank", self.rank, 1),
-                                   ("--eval-clips", self.eval_clips, 1), ("--prior-clips", self.prior_clips, 0)):
+                                   ("--eval-clips", self.eval_clips, 1), ("--prior-clips", self.prior_clips, 0),
+                                   ("--eval-seed", self.eval_seed, 0)):
             if value < least:
                 raise UserError(f"{flag} {value}: must be >= {least}")
         if not self.strength > 0:
@@ -199,16 +202,18 @@ def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSetti
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(concept_to_dict(spec)))
 
-    passed = {}
+    passed, prompts = {}, {}
 
     def judge_set(concept, loras, key):
-        summary = adherence(base, str(concept), settings.eval_clips, EVAL_SEED, loras=loras,
+        summary = adherence(base, str(concept), settings.eval_clips, settings.eval_seed, loras=loras,
                             steps=settings.sample_steps, device=settings.device)
         passed[key] = summary["passed"]
+        prompts.setdefault(key.split("_")[0], summary["prompts"])
         return summary["adherence"]
 
     result = {"concept": spec.name, "trigger": spec.trigger,
               "recipe": {k: getattr(settings, k) for k in RECIPE_FIELDS},
+              "eval": {"seed": settings.eval_seed, "clips": settings.eval_clips},
               "adherence_without_lora": judge_set(spec_file, [], "concept_without_lora"),
               "base_adherence": judge_set("base", [], "base_without_lora")}
     for dop in settings.dop_runs:
@@ -220,5 +225,6 @@ def learn_concept(spec: ConceptSpec, base: Path, out: Path, settings: LearnSetti
                        "adherence_with_lora": with_lora,
                        "preservation_drop": round(result["base_adherence"] - base_with, 4)}
     result["passed_per_attribute"] = passed
+    result["eval"]["first_prompts"] = prompts
     result["seconds"] = round(time.time() - start, 1)
     return result
