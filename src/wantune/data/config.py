@@ -87,8 +87,7 @@ class DatasetEntry:
     """Folder of control files with the same base names (or a single file) used instead of the clip's frames."""
     mask_path: Path | None = None
     """Folder of loss masks with the same base names, or one file for all (image: every frame; video: frame by
-    frame): white counts
-    fully in the loss, black at `training.mask_min_weight`, grey in between (masked loss)."""
+    frame): white counts fully in the loss, black at `training.mask_min_weight`, grey in between (masked loss)."""
     strict: bool = False
     """Stop with an error at the first unusable file instead of skipping it."""
 

@@ -17,20 +17,16 @@ from wantune.errors import UserError
 
 
 def load_mask(sample) -> torch.Tensor:
-    """The sample's mask resized and center-cropped like its frames: (F, H, W) float in [0, 1]."""
+    """The sample's mask resized and center-cropped like its frames: (F, H, W) float in [0, 1]. (The scan already
+    left out windows a video mask is too short for.)"""
     from wantune.data.buckets import resize_crop
     from wantune.data.video import media_kind, read_frames, read_image
 
     path = sample.mask_path
-    if path is None:
-        raise UserError(f"{sample.path}: no mask file; set mask_path on its dataset")
     if media_kind(path) == "image":
         frames_FHWC = read_image(path)[None]
     else:
         frames_FHWC = read_frames(path, sample.frame_indices, seek=not sample.variable_rate)
-        if len(frames_FHWC) != sample.num_frames:
-            raise UserError(f"{path}: mask video has {len(frames_FHWC)} of the clip's {sample.num_frames} frames; "
-                            f"make the mask as long as {sample.path}")
     mask_FHW = resize_crop(frames_FHWC, sample.bucket).mean(1) / 255.0
     if mask_FHW.shape[0] == 1 and sample.num_frames > 1:
         mask_FHW = mask_FHW.expand(sample.num_frames, -1, -1)
