@@ -6,7 +6,7 @@ OUT=${OUT:-benchmarks/results/raw}
 mkdir -p "$OUT"
 if ls .whl/diffusers-*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/diffusers-*.whl .whl/importlib_metadata-*.whl && export PYTHONPATH=/tmp/site
+    $(ls .whl/diffusers-*.whl .whl/importlib_metadata-*.whl 2>/dev/null) && export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1
 S="python3 benchmarks/speed.py --variant wan2.2-i2v-a14b --rank 32 --batch 1"
@@ -49,5 +49,26 @@ case "$1" in
       --no-fused-lora --out $OUT/a14b_41f_768x768_unfused.json 2>&1 | tee -a $OUT/run5.log
     timeout 90 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check \
       --warmup 1 --steps 2 --out $OUT/smoke_fused.json 2>&1 | tee -a $OUT/run5.log
+    ;;
+  6)  # session 12: the 8-block profile with fused LoRA + epilogue bias; plain blocks where memory allows; bf16 and
+      # fp8-all with fused LoRA against the reference at 81f 480x832
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    timeout 100 $S --layers 8 --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 2 --profile \
+      --out $OUT/a14b_8blocks_41f_768x768_profile_fused.json 2>&1 | tee $OUT/run6.log
+    timeout 150 $S --frames 41 --height 768 --width 768 --precision fp8-all --plain-blocks auto --warmup 2 --steps 3 \
+      --out $OUT/a14b_41f_768x768_fp8all_plainauto.json 2>&1 | tee -a $OUT/run6.log
+    timeout 330 $S --frames 81 --height 480 --width 832 --precision bf16,fp8-all --reference --warmup 2 --steps 3 \
+      --out $OUT/a14b_81f_480x832_fused.json 2>&1 | tee -a $OUT/run6.log
+    ;;
+  7)  # session 12: plain blocks sized by measurement (--plain-blocks auto) and the compiled fp8 weight transpose
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    timeout 100 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check \
+      --warmup 1 --steps 2 --out $OUT/smoke_s12.json 2>&1 | tee $OUT/run7.log
+    timeout 140 $S --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 3 \
+      --out $OUT/a14b_41f_768x768_fp8all_s12.json 2>&1 | tee -a $OUT/run7.log
+    timeout 160 $S --frames 41 --height 768 --width 768 --precision fp8-all --plain-blocks auto --warmup 2 --steps 3 \
+      --out $OUT/a14b_41f_768x768_fp8all_plainfit.json 2>&1 | tee -a $OUT/run7.log
+    timeout 170 $S --frames 41 --height 768 --width 768 --precision bf16 --plain-blocks auto --warmup 2 --steps 3 \
+      --out $OUT/a14b_41f_768x768_bf16_plainfit.json 2>&1 | tee -a $OUT/run7.log
     ;;
 esac

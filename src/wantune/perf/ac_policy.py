@@ -57,6 +57,7 @@ def wrap_blocks(model: nn.Module, save_attention: bool = True, min_kv_tokens: in
         if getattr(block, "_wantune_checkpointed", False):
             unwrap_blocks(model)
             return wrap_blocks(model, save_attention, min_kv_tokens, offload, swapper, checkpointing, plain_blocks)
+        block._wantune_inner = block.__dict__.get("forward")  # the fused forward, if installed: kept on unwrap
         block.forward = functools.partial(_block_forward, block.forward, index, swapper, context_fn, offload,
                                           checkpointing and index < first_plain)
         block._wantune_checkpointed = True
@@ -64,10 +65,14 @@ def wrap_blocks(model: nn.Module, save_attention: bool = True, min_kv_tokens: in
 
 
 def unwrap_blocks(model: nn.Module) -> None:
-    """Back to the plain block forward."""
+    """Back to the block forward that was there before `wrap_blocks` (the fused one, if installed)."""
     for block in model.blocks:
         if getattr(block, "_wantune_checkpointed", False):
-            del block.forward
+            inner = block.__dict__.pop("_wantune_inner", None)
+            if inner is None:
+                del block.forward
+            else:
+                block.forward = inner
             block._wantune_checkpointed = False
 
 

@@ -24,9 +24,10 @@ from wantune.models.variants import get_variant
 from wantune.perf import numerics
 from wantune.perf.fp8 import set_fp8_backward
 from wantune.perf.flops import latent_grid, roofline_seconds, step_flops
-from wantune.perf.memory import GIB, estimate_memory, memory_message, plain_blocks_for
+from wantune.perf.memory import GIB, estimate_memory, memory_message
 from wantune.perf.micro import measure_rates
-from wantune.perf.setup import TrainSetup, prepare_fast, prepare_plain
+from wantune.perf.plain import fit_plain_blocks
+from wantune.perf.setup import TrainSetup, _backend, prepare_fast, prepare_plain
 
 PRECISIONS = ("bf16", "fp8", "fp8-all")
 """bf16; fp8 frozen weights with fp8 forward matmuls; the same with fp8 input-gradient matmuls too."""
@@ -131,9 +132,9 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
         estimate = estimate_memory(*shape)
         available = cfg.memory_cap_gib or torch.cuda.get_device_properties(device).total_memory / GIB
         plain_blocks = cfg.plain_blocks or 0
-        if cfg.plain_blocks is None and cfg.mode == "fast" and not capped and not cfg.block_swap:
-            tokens = cfg.batch * math.prod(latent_grid(variant, cfg.frames, cfg.height, cfg.width))
-            plain_blocks = plain_blocks_for(estimate, variant, tokens, available)
+        auto_plain = cfg.plain_blocks is None and cfg.mode == "fast" and not capped and not cfg.block_swap
+        if auto_plain:  # one to measure with; fit_plain_blocks sizes the rest once the step runs
+            plain_blocks = 1
         if plain_blocks:
             estimate = estimate_memory(*shape, plain_blocks=plain_blocks)
         log(memory_message(estimate, available))
@@ -159,6 +160,12 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
             if cfg.mode == "fast":
                 run["compile_error"] = prepare_fast(setup, backend, cfg.compile, save_attention, offload,
                                                     plain_blocks, cfg.fused_lora)
+                if auto_plain and device.type == "cuda":
+                    with _backend(backend):
+                        run["plain_sizing"] = fit_plain_blocks(setup, save_attention, offload, int(available * GIB))
+                    plain_blocks = run["settings"]["plain_blocks"] = run["plain_sizing"]["plain_blocks"]
+                    run["memory_estimate"] = estimate_memory(*shape, plain_blocks=plain_blocks).as_dict()
+                    log(f"plain blocks: {run['plain_sizing']}")
             else:
                 prepare_plain(setup)
             setup.reset_lora()

@@ -30,8 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--save-attention", choices=("auto", "on", "off"), default="auto",
                    help="selective checkpointing: keep self-attention outputs (auto: off under a memory cap)")
     p.add_argument("--plain-blocks", default="0",
-                   help="blocks that skip checkpointing (keep all activations); auto: as many as free memory "
-                        "holds (unmeasured on a GPU so far)")
+                   help="blocks that skip checkpointing (keep all activations; the last N); auto: as many as "
+                        "fit under 90%% of the GPU, sized by measuring one such block and the step's peak")
     p.add_argument("--no-compile", action="store_true", help="run the fused kernels eagerly")
     p.add_argument("--attention", default="auto",
                    choices=("auto", "cudnn", "flash", "efficient", "math", "default"))
@@ -61,6 +61,16 @@ def _tri(value: str) -> bool | None:
     return {"auto": None, "on": True, "off": False}[value]
 
 
+def _plain_blocks(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        from wantune.errors import UserError
+
+        raise UserError(f"--plain-blocks {value}: give a block count (0, 1, ...) or auto")
+    return int(value)
+
+
 def _speed(args) -> int:
     from wantune.perf.bench import SpeedConfig, run_speed
 
@@ -70,7 +80,8 @@ def _speed(args) -> int:
         memory_cap_gib=args.memory_cap_gib, block_swap=args.block_swap, offload=_tri(args.offload),
         save_attention=_tri(args.save_attention), compile=not args.no_compile, attention=args.attention,
         mode=args.mode, warmup=args.warmup, steps=args.steps, reference=args.reference, check=args.check,
-        layers=args.layers, profile=args.profile, fused_lora=not args.no_fused_lora, plain_blocks=None if args.plain_blocks == "auto" else int(args.plain_blocks))
+        layers=args.layers, profile=args.profile, fused_lora=not args.no_fused_lora,
+        plain_blocks=_plain_blocks(args.plain_blocks))
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
     def save(result: dict) -> None:
         if args.out:

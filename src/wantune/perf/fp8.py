@@ -36,10 +36,27 @@ _quantize = quantize_rowwise
 
 
 def compile_quantize(enabled: bool = True) -> None:
-    """Use a torch.compile'd (single fused kernel) activation quantiser in the fp8 forward, or the eager one."""
-    global _quantize, _quantize_grad
+    """Use torch.compile'd (single fused kernel) activation and gradient quantisers and weight transpose in the
+    fp8 matmuls, or the eager ones."""
+    global _quantize, _quantize_grad, _transpose
     _quantize = _compiled_quantize() if enabled else quantize_rowwise
     _quantize_grad = _compiled_quantize_grad() if enabled else quantize_grad
+    _transpose = _compiled_transpose() if enabled else transpose
+
+
+def transpose(w_OI: torch.Tensor) -> torch.Tensor:
+    """A row-major copy of wᵀ (I, O)."""
+    return w_OI.t().contiguous()
+
+
+_transpose = transpose
+
+
+@functools.cache
+def _compiled_transpose():
+    """wᵀ copied by a tiled kernel: ATen's element-wise copy of a transposed 1-byte tensor ran at about a fifth
+    of the memory bandwidth (0.26 ms for a 5120 x 13824 weight on an H100)."""
+    return torch.compile(transpose, dynamic=False)
 
 
 @functools.cache
@@ -91,7 +108,7 @@ def fp8_grad_matmul(gq_MO: torch.Tensor, g_scale_M1: torch.Tensor, w_OI: torch.T
                     out_dtype: torch.dtype) -> torch.Tensor:
     """(gq * g_scale) @ w -> (M, I) in out_dtype (the weight's scales are already in g_scale's rows)."""
     if scaled_mm_available(gq_MO.device):
-        w_col_OI = w_OI.t().contiguous().t()  # _scaled_mm wants its second operand column-major
+        w_col_OI = _transpose(w_OI).t()  # _scaled_mm wants its second operand column-major
         ones_1I = torch.ones(1, w_OI.shape[1], device=w_OI.device, dtype=torch.float32)
         return torch._scaled_mm(gq_MO, w_col_OI, scale_a=g_scale_M1, scale_b=ones_1I, out_dtype=out_dtype,
                                 use_fast_accum=False)

@@ -91,14 +91,6 @@ def estimate_memory(variant: WanVariant, frames: int, height: int, width: int, b
     return MemoryEstimate(parts)
 
 
-def plain_blocks_for(estimate: MemoryEstimate, variant: WanVariant, tokens: int, available_gib: float,
-                     use: float = 0.85) -> int:
-    """How many blocks can skip checkpointing in the memory the estimate leaves free (`use` of the total)."""
-    free = (available_gib * use - estimate.total_gib) * GIB
-    per_block = block_activation_bytes(variant, tokens)
-    return max(0, min(variant.num_layers, int(free // per_block)))
-
-
 def memory_message(estimate: MemoryEstimate, available_gib: float | None) -> str:
     """The line printed before training starts."""
     have = "unknown" if available_gib is None else f"{available_gib:.1f} GiB"
