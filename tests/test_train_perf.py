@@ -84,6 +84,15 @@ def test_selective_checkpointing_and_block_swap_match_the_plain_run(plain, tmp_p
     assert "this config would need about" in (tmp_path / "fast" / "train.log").read_text()
 
 
+def test_plain_last_blocks_match_the_plain_run(plain, tmp_path):
+    files, records = _run(tmp_path, "unchecked", 'checkpointing = "selective"\nplain_blocks = 1\nattention = "math"')
+    assert _losses(records) == _losses(plain[1])  # no recompute for the last block: same numbers
+    got, want = _weights(files), _weights(plain[0])
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(UserError, match=r"performance\.plain_blocks = 9: the model has 2 blocks"):
+        _run(tmp_path, "toomany", "plain_blocks = 9")
+
+
 def test_full_checkpointing_key_and_old_flag_match_the_plain_run(plain, tmp_path):
     _, old = _run(tmp_path, "old", gc="true")
     _, new = _run(tmp_path, "new", 'checkpointing = "full"\noffload_activations = true')
@@ -152,6 +161,7 @@ def test_build_unit_applies_fp8_and_block_swap_per_expert(tmp_path):
     ("block_swap = -1", "lora", "auto", "performance.block_swap"),
     ("offload_activations = true", "lora", "auto", "performance.offload_activations"),
     ('attention = "fast"', "lora", "auto", "performance.attention"),
+    ("plain_blocks = -1", "lora", "auto", "performance.plain_blocks"),
 ])
 def test_bad_combinations_fail_at_load_naming_the_key(tmp_path, perf, network, strategy, key):
     path = tmp_path / "bad.toml"

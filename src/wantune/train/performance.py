@@ -51,7 +51,10 @@ def apply_performance(model: nn.Module, cfg: TrainConfig, device: torch.device):
                             "use at most that")
         swapper = BlockSwapper(model, perf.block_swap, device)
     mode = cfg.checkpoint_mode
-    if mode == "full" and swapper is None and not perf.offload_activations:
+    if perf.plain_blocks > len(model.blocks):
+        raise UserError(f"performance.plain_blocks = {perf.plain_blocks}: the model has {len(model.blocks)} blocks; "
+                        "use at most that")
+    if mode == "full" and swapper is None and not perf.offload_activations and not perf.plain_blocks:
         from wantune.perf.checkpointing import apply_gradient_checkpointing
 
         apply_gradient_checkpointing(model)
@@ -59,7 +62,7 @@ def apply_performance(model: nn.Module, cfg: TrainConfig, device: torch.device):
         from wantune.perf.ac_policy import wrap_blocks
 
         wrap_blocks(model, save_attention=mode == "selective", offload=perf.offload_activations, swapper=swapper,
-                    checkpointing=mode != "none")
+                    checkpointing=mode != "none", plain_blocks=perf.plain_blocks)
     return swapper
 
 
@@ -93,7 +96,7 @@ def memory_line(cfg: TrainConfig, variant, latents_BCFHW: torch.Tensor, device: 
     est = estimate_memory(variant, (F - 1) * st + 1, H * sh, W * sw, batch=B, rank=cfg.network.rank,
                           precision="fp8" if perf.fp8_base else "bf16", block_swap=perf.block_swap,
                           save_attention=cfg.checkpoint_mode == "selective",
-                          offload=perf.offload_activations)
+                          offload=perf.offload_activations, plain_blocks=perf.plain_blocks)
     if cfg.checkpoint_mode == "none":  # every block keeps all its activations
         from wantune.perf.memory import block_activation_bytes
 
