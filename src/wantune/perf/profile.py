@@ -1,7 +1,8 @@
 """Where a training step's time goes: one profiled step, its kernels grouped into categories.
 
 `wantune bench speed --profile` adds `profile` to each of our runs: the device time of every kernel of one step
-(torch.profiler, after the timed steps), summed by category (`CATEGORIES`), with the top kernels by time. On a
+(torch.profiler, after the timed steps), summed by category (`CATEGORIES`), with the top kernels by time and, on a
+GPU, the top aten operators by the device time of their own kernels, with input shapes (`top_ops`). On a
 CPU run the same grouping applies to the aten operators (the CPU test's path).
 """
 
@@ -60,11 +61,12 @@ def profile_step(step, device: torch.device, top: int = 15) -> dict:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     if cuda:
         torch.cuda.synchronize(device)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         step()
         if cuda:
             torch.cuda.synchronize(device)
     times: dict[str, tuple[int, float]] = {}
+    ops = top_ops(prof, cuda, top)
     for event in prof.key_averages():
         if cuda:
             seconds = getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0)) / 1e6
@@ -74,4 +76,16 @@ def profile_step(step, device: torch.device, top: int = 15) -> dict:
         if is_kernel and seconds > 0:
             calls, total = times.get(event.key, (0, 0.0))
             times[event.key] = (calls + event.count, total + seconds)
-    return breakdown(times, top)
+    return {**breakdown(times, top), "top_ops": ops}
+
+
+def top_ops(prof, cuda: bool, top: int = 15) -> list[dict]:
+    """The aten operators whose own kernels took the most device time (CPU: self time), by operator and input
+    shapes: which tensor a kernel of `top_kernels` ran on (say a float32 multiply outside the compiled kernels)."""
+    rows = []
+    for event in prof.key_averages(group_by_input_shape=True):
+        seconds = (getattr(event, "self_device_time_total", 0) if cuda else event.self_cpu_time_total) / 1e6
+        if event.device_type == torch.autograd.DeviceType.CPU and event.key.startswith("aten::") and seconds > 0:
+            rows.append({"op": event.key, "shapes": str(event.input_shapes)[:160], "calls": event.count,
+                         "seconds": round(seconds, 6)})
+    return sorted(rows, key=lambda row: -row["seconds"])[:top]
