@@ -61,15 +61,17 @@ case "$1" in
       --out $OUT/a14b_81f_480x832_fused.json 2>&1 | tee -a $OUT/run6.log
     ;;
   7)  # session 12: plain blocks sized by measurement (--plain-blocks auto), the compiled fp8 weight transpose,
-      # a profile with the top aten ops by shape
+      # both A14B experts resident (--idle-expert), a profile with the top aten ops by shape
     nvidia-smi --query-gpu=name,memory.total --format=csv
-    timeout 100 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check \
+    timeout 80 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check \
       --warmup 1 --steps 2 --out $OUT/smoke_s12.json 2>&1 | tee $OUT/run7.log
-    timeout 170 $S --frames 41 --height 768 --width 768 --precision fp8-all --plain-blocks auto --warmup 2 --steps 3 \
+    timeout 160 $S --frames 41 --height 768 --width 768 --precision fp8-all --plain-blocks auto --warmup 2 --steps 3 \
       --out $OUT/a14b_41f_768x768_fp8all_plainfit.json 2>&1 | tee -a $OUT/run7.log
-    timeout 100 $S --layers 8 --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 2 --profile \
+    timeout 130 $S --frames 81 --height 480 --width 832 --precision fp8-all --idle-expert --warmup 1 --steps 2 \
+      --out $OUT/a14b_81f_480x832_fp8all_pair.json 2>&1 | tee -a $OUT/run7.log
+    timeout 80 $S --layers 8 --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 2 --profile \
       --out $OUT/a14b_8blocks_41f_768x768_profile_s12.json 2>&1 | tee -a $OUT/run7.log
-    timeout 170 $S --frames 41 --height 768 --width 768 --precision bf16 --plain-blocks auto --warmup 2 --steps 3 \
+    timeout 160 $S --frames 41 --height 768 --width 768 --precision bf16 --plain-blocks auto --warmup 2 --steps 3 \
       --out $OUT/a14b_41f_768x768_bf16_plainfit.json 2>&1 | tee -a $OUT/run7.log
     ;;
 esac

@@ -25,6 +25,7 @@ from wantune.perf import numerics
 from wantune.perf.fp8 import set_fp8_backward
 from wantune.perf.flops import latent_grid, roofline_seconds, step_flops
 from wantune.perf.memory import GIB, estimate_memory, memory_message
+from wantune.perf.build import build_wan
 from wantune.perf.micro import measure_rates
 from wantune.perf.plain import fit_plain_blocks
 from wantune.perf.setup import TrainSetup, _backend, prepare_fast, prepare_plain
@@ -61,8 +62,10 @@ class SpeedConfig:
     steps: int = 5
     reference: bool = False
     plain_blocks: int | None = 0
-    """Blocks that skip checkpointing (keep all activations); None: as many as the free memory holds
-    (not yet measured on a GPU, hence off by default)."""
+    """Blocks that skip checkpointing (keep all activations); None: as many as fit (`wantune.perf.plain`)."""
+    idle_expert: bool = False
+    """Keep a second expert's frozen weights resident on the GPU during our runs (an A14B pair, both in memory;
+    fp8 unless the run is bf16)."""
     check: bool = False
     """Numerics: loss and LoRA grads of the fast path against the plain path on the same weights."""
     layers: int | None = None
@@ -125,18 +128,23 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
     if cfg.mode == "plain":
         save_attention, offload = False, False
     in_place = len(cfg.precision) > 1 and cfg.precision[0] == "bf16" and not cfg.block_swap
-    setup, losses = None, {}
+    setup, losses, idle = None, {}, None
     for precision in cfg.precision:
         shape = (variant, cfg.frames, cfg.height, cfg.width, cfg.batch, cfg.rank, precision, cfg.block_swap,
                  save_attention, offload)
         estimate = estimate_memory(*shape)
+        if cfg.idle_expert:  # the other expert of the pair: its frozen weights, resident, never run
+            idle = None
+            _free()
+            idle = build_wan(variant, device, cfg.rank, precision, seed=cfg.seed + 1)[0].requires_grad_(False)
+            estimate.parts["idle_expert_weights"] = estimate.parts["frozen_weights"]
         available = cfg.memory_cap_gib or torch.cuda.get_device_properties(device).total_memory / GIB
         plain_blocks = cfg.plain_blocks or 0
         auto_plain = cfg.plain_blocks is None and cfg.mode == "fast" and not capped and not cfg.block_swap
         if auto_plain:  # one to measure with; fit_plain_blocks sizes the rest once the step runs
             plain_blocks = 1
         if plain_blocks:
-            estimate = estimate_memory(*shape, plain_blocks=plain_blocks)
+            estimate = _with_idle(estimate_memory(*shape, plain_blocks=plain_blocks), estimate)
         log(memory_message(estimate, available))
         _set_cap(cfg.memory_cap_gib, device)
         try:
@@ -149,7 +157,7 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
             run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision,
                    "memory_estimate": estimate.as_dict(), "attention_backend": backend,
                    "settings": {"save_attention": save_attention, "offload": offload, "block_swap": cfg.block_swap,
-                                "plain_blocks": plain_blocks,
+                                "plain_blocks": plain_blocks, "idle_expert": cfg.idle_expert,
                                 "compile": cfg.compile and cfg.mode == "fast", "mode": cfg.mode,
                                 "fused_lora": cfg.fused_lora and cfg.mode == "fast"}}
             if cfg.check and not cfg.block_swap:
@@ -164,7 +172,8 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
                     with _backend(backend):
                         run["plain_sizing"] = fit_plain_blocks(setup, save_attention, offload, int(available * GIB))
                     plain_blocks = run["settings"]["plain_blocks"] = run["plain_sizing"]["plain_blocks"]
-                    run["memory_estimate"] = estimate_memory(*shape, plain_blocks=plain_blocks).as_dict()
+                    run["memory_estimate"] = _with_idle(estimate_memory(*shape, plain_blocks=plain_blocks),
+                                                        estimate).as_dict()
                     log(f"plain blocks: {run['plain_sizing']}")
             else:
                 prepare_plain(setup)
@@ -187,7 +196,7 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
         if not in_place:
             setup = None
             _free()
-    setup = None
+    setup = idle = None
     _free()
     _set_cap(None, device)
     curves = {}
@@ -196,6 +205,13 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
         curves[name] = {"max_relative_diff": max(rel), "steps": len(rel)}
     # one fp8 mode: its comparison at the top level, as before
     return next(iter(curves.values())) if len(curves) == 1 else curves
+
+
+def _with_idle(estimate, before):
+    """`estimate` with the idle expert's weights of `before`, if any."""
+    if "idle_expert_weights" in before.parts:
+        estimate.parts["idle_expert_weights"] = before.parts["idle_expert_weights"]
+    return estimate
 
 
 def _reference_run(cfg, variant, device, flops, rates, log) -> dict:

@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--plain-blocks", default="0",
                    help="blocks that skip checkpointing (keep all activations; the last N); auto: as many as "
                         "fit under 90%% of the GPU, sized by measuring one such block and the step's peak")
+    p.add_argument("--idle-expert", action="store_true",
+                   help="keep a second expert's frozen weights resident during our runs (an A14B pair on one GPU)")
     p.add_argument("--no-compile", action="store_true", help="run the fused kernels eagerly")
     p.add_argument("--attention", default="auto",
                    choices=("auto", "cudnn", "flash", "efficient", "math", "default"))
@@ -81,7 +83,7 @@ def _speed(args) -> int:
         save_attention=_tri(args.save_attention), compile=not args.no_compile, attention=args.attention,
         mode=args.mode, warmup=args.warmup, steps=args.steps, reference=args.reference, check=args.check,
         layers=args.layers, profile=args.profile, fused_lora=not args.no_fused_lora,
-        plain_blocks=_plain_blocks(args.plain_blocks))
+        plain_blocks=_plain_blocks(args.plain_blocks), idle_expert=args.idle_expert)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
     def save(result: dict) -> None:
         if args.out:
