@@ -3,7 +3,8 @@
 `install_fast_blocks(model, compile=True)` gives every `WanBlock` a forward that computes exactly what
 `WanBlock.forward` computes (same dtypes, same roundings), with the elementwise chains gathered into a few
 functions that `torch.compile` fuses into single kernels: the float32 LayerNorm x (1 + scale) + shift, the
-float32 q/k RMSNorm followed by the float32 RoPE rotation, and the float32 gated residual adds. With
+float32 q/k RMSNorm followed by the float32 RoPE rotation, the cross-attention's q/k RMSNorm, and the float32
+gated residual adds. With
 `compile=False` the same functions run eagerly (the CPU test path). Install it before `ac_policy.wrap_blocks`.
 
 Legend: B batch, L tokens, S context tokens, D model dim, N heads, Dh head dim, T timestep tokens.
@@ -44,6 +45,12 @@ def rms_rope(x_BLD: torch.Tensor, weight: torch.Tensor, eps: float, heads: int, 
     return rotated.flatten(-2).to(x_BLD.dtype)
 
 
+def rms_norm(x_BLD: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """q/k RMSNorm over D in float32, rounded to x's dtype (WanRMSNorm; the cross-attention's q and k)."""
+    x32 = x_BLD.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x_BLD.dtype)
+
+
 def rope_only(x_BLD: torch.Tensor, heads: int, cos_LP: torch.Tensor, sin_LP: torch.Tensor) -> torch.Tensor:
     """RoPE without q/k norm (variants with qk_norm off)."""
     real, imag = x_BLD.float().unflatten(2, (heads, -1)).unflatten(-1, (-1, 2)).unbind(-1)
@@ -60,7 +67,7 @@ def residual(x_BLD: torch.Tensor, y_BLD: torch.Tensor) -> torch.Tensor:
     return x_BLD + y_BLD.float()
 
 
-_FUSED = ("modulated_norm", "affine_norm", "rms_rope", "rope_only", "gated_residual", "residual")
+_FUSED = ("modulated_norm", "affine_norm", "rms_rope", "rms_norm", "rope_only", "gated_residual", "residual")
 
 
 @functools.cache
@@ -81,7 +88,7 @@ def fast_block_forward(block: nn.Module, k: dict, x_BLD, e_BT6D, context_BSD, ro
     norm3 = block.norm3
     h_BLD = k["affine_norm"](x_BLD, norm3.weight, norm3.bias, norm3.eps, dtype) \
         if isinstance(norm3, nn.LayerNorm) else x_BLD.to(dtype)
-    x_BLD = k["residual"](x_BLD, block.cross_attn(h_BLD, context_BSD, context_img_BKD))
+    x_BLD = k["residual"](x_BLD, _cross_attention(block.cross_attn, k, h_BLD, context_BSD, context_img_BKD))
     h_BLD = k["modulated_norm"](x_BLD, shift2, scale2, eps, dtype)
     return k["gated_residual"](x_BLD, block.ffn(h_BLD), gate2)
 
@@ -97,6 +104,24 @@ def _self_attention(attn: nn.Module, k: dict, x_BLD: torch.Tensor, rope) -> torc
         key = k["rms_rope"](attn.k(x_BLD), attn.norm_k.weight, attn.norm_k.eps, heads, cos_LP, sin_LP)
     v = attn.v(x_BLD).unflatten(2, (heads, -1))
     return attn.o(attention(q, key, v).flatten(2))
+
+
+def _cross_attention(attn: nn.Module, k: dict, x_BLD: torch.Tensor, context_BSD: torch.Tensor,
+                     context_img_BKD: torch.Tensor | None) -> torch.Tensor:
+    """`WanCrossAttention.forward` with its q/k RMSNorms fused (eager they are float32 casts, a pow, a mean and
+    three multiplies over the full video-token activation)."""
+    heads = (attn.num_heads, -1)
+
+    def norm(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+        return t if isinstance(module, nn.Identity) else k["rms_norm"](t, module.weight, module.eps)
+
+    q = norm(attn.norm_q, attn.q(x_BLD)).unflatten(2, heads)
+    key = norm(attn.norm_k, attn.k(context_BSD)).unflatten(2, heads)
+    out = attention(q, key, attn.v(context_BSD).unflatten(2, heads))
+    if context_img_BKD is not None:
+        key_img = norm(attn.norm_k_img, attn.k_img(context_img_BKD)).unflatten(2, heads)
+        out = out + attention(q, key_img, attn.v_img(context_img_BKD).unflatten(2, heads))
+    return attn.o(out.flatten(2))
 
 
 def install_fast_blocks(model: nn.Module, compile: bool = True) -> int:

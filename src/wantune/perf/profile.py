@@ -39,7 +39,10 @@ def category(kernel: str) -> str:
 
 
 def breakdown(times: dict[str, tuple[int, float]], top: int = 15) -> dict:
-    """{kernel: (calls, seconds)} -> total seconds, seconds and share per category, the `top` kernels."""
+    """{kernel: (calls, seconds)} -> total seconds, seconds and share per category, the `top` kernels.
+    Ranges that only annotate kernels on the device timeline (`## Call CompiledFxGraph ... ##`, one per
+    compiled-graph call, spanning its Triton kernels) are left out: their time is the kernels' time again."""
+    times = {name: value for name, value in times.items() if not name.startswith("## ")}
     total = sum(s for _, s in times.values())
     cats: dict[str, float] = defaultdict(float)
     for kernel, (_, seconds) in times.items():
