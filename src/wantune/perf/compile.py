@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wantune.models.attention import attention
+from wantune.perf.qkv_fused import qkv
 
 
 def modulated_norm(x_BLD: torch.Tensor, shift_BTD: torch.Tensor, scale_BTD: torch.Tensor, eps: float,
@@ -96,13 +97,14 @@ def fast_block_forward(block: nn.Module, k: dict, x_BLD, e_BT6D, context_BSD, ro
 def _self_attention(attn: nn.Module, k: dict, x_BLD: torch.Tensor, rope) -> torch.Tensor:
     cos_LP, sin_LP = rope
     heads = attn.num_heads
+    q, key, v = qkv(attn, x_BLD)  # one Function for the three when they are fused LoRA layers
     if isinstance(attn.norm_q, nn.Identity):
-        q = k["rope_only"](attn.q(x_BLD), heads, cos_LP, sin_LP)
-        key = k["rope_only"](attn.k(x_BLD), heads, cos_LP, sin_LP)
+        q = k["rope_only"](q, heads, cos_LP, sin_LP)
+        key = k["rope_only"](key, heads, cos_LP, sin_LP)
     else:
-        q = k["rms_rope"](attn.q(x_BLD), attn.norm_q.weight, attn.norm_q.eps, heads, cos_LP, sin_LP)
-        key = k["rms_rope"](attn.k(x_BLD), attn.norm_k.weight, attn.norm_k.eps, heads, cos_LP, sin_LP)
-    v = attn.v(x_BLD).unflatten(2, (heads, -1))
+        q = k["rms_rope"](q, attn.norm_q.weight, attn.norm_q.eps, heads, cos_LP, sin_LP)
+        key = k["rms_rope"](key, attn.norm_k.weight, attn.norm_k.eps, heads, cos_LP, sin_LP)
+    v = v.unflatten(2, (heads, -1))
     return attn.o(attention(q, key, v).flatten(2))
 
 

@@ -1,0 +1,120 @@
+"""The self-attention's q, k and v projections of one input in one autograd Function.
+
+q, k and v read the same normalised activation x. As three fused-LoRA layers (`wantune.perf.lora_fused`) that
+is three fp8 quantisations of x, three thin `x Aᵀ` reads of it in the forward (and again in the checkpoint
+recompute), and in the backward three `ghᵀ x` reads, three adapter `addmm_`s into three input gradients and
+autograd's two full-size adds of those. Here:
+
+    forward:   xq = quantise(x) once;  out_j = base_j(xq);  h = x [A_q; A_k; A_v]ᵀ;  out_j += s_j · h_j B_jᵀ
+    backward:  gh_j = s_j · g_j B_j;  dB_j = s_j · g_jᵀ h_j;  [dA_q; dA_k; dA_v] = [gh]ᵀ x;
+               dx = base_grad_q(g_q);  dx += base_grad_k(g_k);  dx += base_grad_v(g_v);  dx += [gh] [A]
+
+so x is quantised and read once per pass for all three; the bf16 base gradients accumulate in the matmul
+(`addmm_`), the fp8 ones add into one buffer. Results equal the three fused layers' (CPU: same values up to the
+rounding order of the sums). It applies when all three are fused single-adapter LoRA layers with frozen bases
+of one kind (plain or fp8); otherwise the three layers run as they are.
+
+Legend: M rows (batch x tokens), I in_features, O out_features, R rank.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wantune.perf import fp8 as fp8mod
+from wantune.perf.fp8 import Fp8TrainLinear
+from wantune.perf.lora_fused import _base_grad_input, is_fused
+
+
+def _adapter(layer: nn.Module):
+    """(A, B, scale) of a fused single-adapter layer with a frozen base, or None."""
+    if not is_fused(layer) or layer.weight.requires_grad or len(layer.adapters) != 1:
+        return None
+    adapter = next(iter(layer.adapters.values()))
+    if not isinstance(adapter.dropout, nn.Identity):
+        return None
+    return adapter.lora_A.weight, adapter.lora_B.weight, adapter.scale
+
+
+def qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q, k, v) = (attn.q(x), attn.k(x), attn.v(x)), in one Function when the layers allow it."""
+    layers = (attn.q, attn.k, attn.v)
+    parts = [_adapter(layer) for layer in layers]
+    kinds = {isinstance(layer, Fp8TrainLinear) for layer in layers}
+    if any(p is None for p in parts) or len(kinds) != 1:
+        return tuple(layer(x) for layer in layers)
+    kind = x.device.type
+    weights = [w for a, b, _ in parts for w in (a, b)]
+    scales = tuple(s for _, _, s in parts)
+    if torch.is_autocast_enabled(kind):
+        dtype = torch.get_autocast_dtype(kind)
+        with torch.autocast(kind, enabled=False):
+            return _QKVFn.apply(x.to(dtype), layers, scales, *(w.to(dtype) for w in weights))
+    if any(w.dtype != x.dtype for w in weights):
+        return tuple(layer(x) for layer in layers)
+    return _QKVFn.apply(x, layers, scales, *weights)
+
+
+def _base_forwards(layers, x: torch.Tensor) -> list[torch.Tensor]:
+    """The three base outputs; fp8 bases share one quantisation of x."""
+    shape, rows = x.shape, x.numel() // x.shape[-1]
+    x_MI = x.reshape(rows, shape[-1])
+    if not isinstance(layers[0], Fp8TrainLinear):
+        return [F.linear(x, layer.weight.to(x.dtype), None if layer.bias is None else layer.bias.to(x.dtype))
+                for layer in layers]
+    pad = -rows % fp8mod._ROW_MULTIPLE if fp8mod.scaled_mm_available(x.device) else 0
+    if pad:
+        x_MI = F.pad(x_MI, (0, 0, 0, pad))
+    xq, x_scale = fp8mod._quantize(x_MI)
+    outs = []
+    for layer in layers:
+        out = fp8mod.fp8_matmul(xq, x_scale, layer.weight, layer.weight_scale, x.dtype, layer.bias)
+        outs.append((out[:rows] if pad else out).view(*shape[:-1], layer.weight.shape[0]))
+    return outs
+
+
+class _QKVFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, layers, scales, a_q, b_q, a_k, b_k, a_v, b_v):
+        ctx.layers, ctx.scales = layers, scales
+        a_3RI = torch.cat([a_q, a_k, a_v])
+        x_MI = x.reshape(-1, x.shape[-1])
+        h_M3R = x_MI @ a_3RI.t()
+        rank = a_q.shape[0]
+        outs = _base_forwards(layers, x)
+        for j, (out, b_OR) in enumerate(zip(outs, (b_q, b_k, b_v))):
+            out.view(-1, out.shape[-1]).addmm_(h_M3R[:, j * rank:(j + 1) * rank], b_OR.t(), alpha=scales[j])
+        ctx.save_for_backward(x, h_M3R, a_3RI, b_q, b_k, b_v)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, g_q, g_k, g_v):
+        x, h_M3R, a_3RI, *bs = ctx.saved_tensors
+        rank, scales, layers = bs[0].shape[1], ctx.scales, ctx.layers
+        x_MI = x.reshape(-1, x.shape[-1])
+        grads = [g.reshape(-1, g.shape[-1]) for g in (g_q, g_k, g_v)]
+        gh_M3R = torch.cat([(g @ b).mul_(s) for g, b, s in zip(grads, bs, scales)], dim=1)
+        grad_a = gh_M3R.t() @ x_MI
+        grad_bs = [(g.t() @ h_M3R[:, j * rank:(j + 1) * rank]).mul_(scales[j]) for j, g in enumerate(grads)]
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _base_grad_sum(layers, (g_q, g_k, g_v), x.dtype)
+            grad_x.view(-1, grad_x.shape[-1]).addmm_(gh_M3R, a_3RI)
+        grad_as = grad_a.split(rank)
+        return (grad_x, None, None, grad_as[0], grad_bs[0], grad_as[1], grad_bs[1], grad_as[2], grad_bs[2])
+
+
+def _base_grad_sum(layers, grads, dtype: torch.dtype) -> torch.Tensor:
+    """Σ_j base_grad_j(g_j): bf16 bases accumulate in the matmul, fp8 ones add into the first."""
+    if isinstance(layers[0], Fp8TrainLinear):
+        total = _base_grad_input(layers[0], grads[0])
+        for layer, g in zip(layers[1:], grads[1:]):
+            total += _base_grad_input(layer, g)
+        return total
+    total = grads[0] @ layers[0].weight.to(dtype)
+    flat = total.view(-1, total.shape[-1])
+    for layer, g in zip(layers[1:], grads[1:]):
+        flat.addmm_(g.reshape(-1, g.shape[-1]), layer.weight.to(dtype))
+    return total
