@@ -147,6 +147,7 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
             estimate = _with_idle(estimate_memory(*shape, plain_blocks=plain_blocks), estimate)
         log(memory_message(estimate, available))
         _set_cap(cfg.memory_cap_gib, device)
+        run = {}
         try:
             if setup is None or not in_place:
                 setup = TrainSetup.build(variant, cfg, device, precision)
@@ -188,7 +189,8 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
                     f"{k} {v['seconds']:.3f}s" for k, v in run["profile"]["categories"].items()))
         except torch.OutOfMemoryError as exc:
             run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision, "error": "out of memory",
-                   "detail": str(exc).splitlines()[0][:200], "memory_estimate": estimate.as_dict()}
+                   "detail": str(exc).splitlines()[0][:200], "memory_estimate": estimate.as_dict(),
+                   **{k: run[k] for k in ("settings", "plain_sizing") if k in run}}
             setup = None
         result["runs"].append(run)
         progress(result)
