@@ -1,23 +1,17 @@
 """q, k, v in one Function (`wantune.perf.qkv_fused`) against the three layers run separately: same outputs and
-gradients of x and of every adapter, on plain and fp8 bases, in fp32 and under bf16 autocast, and inside the
-fused block forward of a tiny model."""
+gradients of x and of every adapter, on plain and fp8 bases, in fp32 and under bf16 autocast (inside the fused
+block forward of a tiny model: tests/test_perf_lora_fused.py)."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from wantune.lora.network import apply_lora
-from wantune.models.variants import TINY, get_variant
-from wantune.perf import numerics, qkv_fused
-from wantune.perf.ac_policy import wrap_blocks
-from wantune.perf.compile import install_fast_blocks
+from wantune.perf import qkv_fused
 from wantune.perf.fp8 import quantize_linears_fp8, set_fp8_backward
 from wantune.perf.lora_fused import fuse_lora
-from wantune.perf.setup import TrainSetup, prepare_plain, reset_blocks
 
 
 class _Attn(nn.Module):
@@ -90,24 +84,3 @@ def test_layers_that_cannot_fuse_run_separately(monkeypatch):
     x = torch.randn(2, 8, 48)
     q, k, v = qkv_fused.qkv(model.attn, x)
     torch.testing.assert_close(k, model.attn.k(x))
-
-
-def test_tiny_model_with_fused_blocks_trains_as_the_plain_path(monkeypatch):
-    calls = []
-    apply = qkv_fused._QKVFn.apply
-    monkeypatch.setattr(qkv_fused._QKVFn, "apply", lambda *a: calls.append(1) or apply(*a))
-    variant = get_variant("wan2.2-i2v-a14b", **{**TINY, "num_layers": 2})
-    cfg = SimpleNamespace(rank=4, block_swap=0, seed=0, batch=1, frames=5, height=64, width=64)
-    setup = TrainSetup.build(variant, cfg, torch.device("cpu"), "bf16")
-    with torch.no_grad():
-        for p in setup.network.parameters():
-            p.normal_(0, 0.05)
-    prepare_plain(setup)
-    plain = setup.loss_and_grads()
-    fuse_lora(setup.model)
-    reset_blocks(setup.model)
-    install_fast_blocks(setup.model, compile=False)
-    wrap_blocks(setup.model, save_attention=True, min_kv_tokens=1)
-    report = numerics.summarise(*plain, *setup.loss_and_grads())
-    assert len(calls) == 2 * variant.num_layers  # forward and checkpoint recompute of each block
-    assert report["loss_rel_diff"] < 1e-3 and report["grad_cos"] > 0.9999, report
