@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from wantune.errors import UserError
 from wantune.models.variants import get_variant
 from wantune.perf import numerics
-from wantune.perf.fp8 import set_fp8_backward
-from wantune.perf.flops import latent_grid, roofline_seconds, step_flops
-from wantune.perf.memory import GIB, estimate_memory, memory_message
 from wantune.perf.build import build_wan
+from wantune.perf.flops import latent_grid, roofline_seconds, step_flops
+from wantune.perf.fp8 import set_fp8_backward
+from wantune.perf.memory import GIB, estimate_memory, memory_message
 from wantune.perf.micro import measure_rates
 from wantune.perf.plain import fit_plain_blocks
 from wantune.perf.setup import TrainSetup, _backend, prepare_fast, prepare_plain
