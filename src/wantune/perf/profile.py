@@ -1,9 +1,9 @@
 """Where a training step's time goes: one profiled step, its kernels grouped into categories.
 
 `wantune bench speed --profile` adds `profile` to each of our runs: the device time of every kernel of one step
-(torch.profiler, after the timed steps), summed by category (`CATEGORIES`), with the top kernels by time and, on a
-GPU, the top aten operators by the device time of their own kernels, with input shapes (`top_ops`). On a
-CPU run the same grouping applies to the aten operators (the CPU test's path).
+(torch.profiler, after the timed steps), summed by category (`CATEGORIES`), with the top kernels by time and the
+top aten operators by the device time of their own kernels, with input shapes (`top_ops`). On a CPU run the
+same grouping applies to the aten operators and their self time (the CPU test's path).
 """
 
 from __future__ import annotations
