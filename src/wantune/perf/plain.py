@@ -1,6 +1,6 @@
 """Plain (un-checkpointed) blocks sized by measurement, not by estimate.
 
-A block that skips checkpointing saves the recompute of its forward in the backward (about 32 ms a block of
+A block that skips checkpointing saves the recompute of its forward in the backward (about 23-32 ms a block of
 the 14B expert at 41f 768x768 on an H100) and keeps every activation its backward needs. How many bytes that
 is depends on what the compiled kernels choose to save, so `fit_plain_blocks` asks the GPU: it runs one
 forward with the last block plain and counts the storages that block's autograd graph keeps (saved-tensor
