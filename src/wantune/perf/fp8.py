@@ -119,19 +119,26 @@ def dequantize(w_OI: torch.Tensor, w_scale_O: torch.Tensor, dtype: torch.dtype) 
     return (w_OI.to(dtype) * w_scale_O.to(dtype)[:, None])
 
 
+def quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x's rows quantised (fp8 (M', I), scales (M', 1)); M' is M padded to the fp8 matmul's multiple of 16 on a
+    GPU (zero rows quantise to zeros; `fp8_linear_quantized` slices their outputs off)."""
+    x_MI = x.reshape(-1, x.shape[-1])
+    pad = -x_MI.shape[0] % _ROW_MULTIPLE if scaled_mm_available(x.device) else 0
+    return _quantize(F.pad(x_MI, (0, 0, 0, pad)) if pad else x_MI)
+
+
+def fp8_linear_quantized(xq: torch.Tensor, x_scale: torch.Tensor, x: torch.Tensor, w_OI: torch.Tensor,
+                         w_scale_O: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x Wᵀ + b from `quantize_input(x)` (one quantisation can serve several weights)."""
+    rows = x.numel() // x.shape[-1]
+    out = fp8_matmul(xq, x_scale, w_OI, w_scale_O, x.dtype, bias)
+    return out[:rows].view(*x.shape[:-1], w_OI.shape[0])
+
+
 def fp8_linear_forward(x: torch.Tensor, w_OI: torch.Tensor, w_scale_O: torch.Tensor,
                        bias: torch.Tensor | None) -> torch.Tensor:
     """x Wᵀ + b with the activations quantised per row and an fp8 matmul (no autograd)."""
-    shape = x.shape
-    x_MI = x.reshape(-1, shape[-1])
-    rows = x_MI.shape[0]
-    pad = -rows % _ROW_MULTIPLE if scaled_mm_available(x.device) else 0
-    if pad:  # zero rows quantise to zeros; their outputs are sliced off
-        x_MI = F.pad(x_MI, (0, 0, 0, pad))
-    xq, x_scale = _quantize(x_MI)
-    out = fp8_matmul(xq, x_scale, w_OI, w_scale_O, x.dtype, bias)
-    out = out[:rows] if pad else out
-    return out.view(*shape[:-1], w_OI.shape[0])
+    return fp8_linear_quantized(*quantize_input(x), x, w_OI, w_scale_O, bias)
 
 
 def fp8_linear_grad_input(grad_out: torch.Tensor, w_OI: torch.Tensor, w_scale_O: torch.Tensor,

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wantune.perf import fp8 as fp8mod
-from wantune.perf.fp8 import Fp8TrainLinear
+from wantune.perf.fp8 import Fp8TrainLinear, fp8_linear_quantized, quantize_input
 from wantune.perf.lora_fused import _base_grad_input, is_fused
 
 
@@ -59,20 +58,11 @@ def qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 def _base_forwards(layers, x: torch.Tensor) -> list[torch.Tensor]:
     """The three base outputs; fp8 bases share one quantisation of x."""
-    shape, rows = x.shape, x.numel() // x.shape[-1]
-    x_MI = x.reshape(rows, shape[-1])
     if not isinstance(layers[0], Fp8TrainLinear):
         return [F.linear(x, layer.weight.to(x.dtype), None if layer.bias is None else layer.bias.to(x.dtype))
                 for layer in layers]
-    pad = -rows % fp8mod._ROW_MULTIPLE if fp8mod.scaled_mm_available(x.device) else 0
-    if pad:
-        x_MI = F.pad(x_MI, (0, 0, 0, pad))
-    xq, x_scale = fp8mod._quantize(x_MI)
-    outs = []
-    for layer in layers:
-        out = fp8mod.fp8_matmul(xq, x_scale, layer.weight, layer.weight_scale, x.dtype, layer.bias)
-        outs.append((out[:rows] if pad else out).view(*shape[:-1], layer.weight.shape[0]))
-    return outs
+    xq, x_scale = quantize_input(x)
+    return [fp8_linear_quantized(xq, x_scale, x, layer.weight, layer.weight_scale, layer.bias) for layer in layers]
 
 
 class _QKVFn(torch.autograd.Function):
