@@ -84,4 +84,18 @@ case "$1" in
     timeout 90 $S --frames 41 --height 768 --width 768 --precision fp8-all --idle-expert --warmup 1 --steps 2 \
       --out $OUT/a14b_41f_768x768_fp8all_pair.json 2>&1 | tee -a $OUT/run8.log
     ;;
+  9)  # session 13: q/k/v input gradients as one fp8 matmul (numerics, the guide's shape), 3 plain blocks, the
+      # measured plain-block fit with its out-of-memory back-off, the 8-block profile again
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    timeout 60 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check \
+      --warmup 1 --steps 2 --out $OUT/smoke_s13.json 2>&1 | tee $OUT/run9.log
+    timeout 100 $S --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 3 \
+      --out $OUT/a14b_41f_768x768_fp8all_s13.json 2>&1 | tee -a $OUT/run9.log
+    timeout 90 $S --frames 41 --height 768 --width 768 --precision fp8-all --plain-blocks 3 --warmup 1 --steps 3 \
+      --out $OUT/a14b_41f_768x768_fp8all_plain3_s13.json 2>&1 | tee -a $OUT/run9.log
+    timeout 70 $S --layers 8 --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 2 --profile \
+      --out $OUT/a14b_8blocks_41f_768x768_profile_s13.json 2>&1 | tee -a $OUT/run9.log
+    timeout 160 $S --frames 41 --height 768 --width 768 --precision fp8-all --plain-blocks auto --warmup 1 --steps 2 \
+      --out $OUT/a14b_41f_768x768_fp8all_plainauto_s13.json 2>&1 | tee -a $OUT/run9.log
+    ;;
 esac

@@ -38,14 +38,16 @@ _quantize = quantize_rowwise
 def compile_quantize(enabled: bool = True) -> None:
     """Use torch.compile'd (single fused kernel) activation and gradient quantisers and weight transpose in the
     fp8 matmuls, or the eager ones."""
-    global _quantize, _quantize_grad, _transpose
+    global _quantize, _quantize_grad, _quantize_grads, _transpose
     _quantize = _compiled_quantize() if enabled else quantize_rowwise
     _quantize_grad = _compiled_quantize_grad() if enabled else quantize_grad
+    _quantize_grads = _compiled_quantize_grads() if enabled else quantize_grads
     _transpose = _compiled_transpose() if enabled else transpose
 
 
-def transpose(w_OI: torch.Tensor) -> torch.Tensor:
-    """A row-major copy of wᵀ (I, O)."""
+def transpose(*ws_OI: torch.Tensor) -> torch.Tensor:
+    """A row-major copy of wᵀ (I, O), or of [w_1; w_2; ...]ᵀ (I, ΣO) for several weights of one input axis."""
+    w_OI = ws_OI[0] if len(ws_OI) == 1 else torch.cat(ws_OI)
     return w_OI.t().contiguous()
 
 
@@ -72,9 +74,23 @@ def quantize_grad(g_MO: torch.Tensor, w_scale_O: torch.Tensor) -> tuple[torch.Te
 _quantize_grad = quantize_grad
 
 
+def quantize_grads(gs_MO: list[torch.Tensor], w_scales_O: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Several output gradients, each with its weight's row scales folded in, side by side and quantised per row
+    (one scale over the whole row): (fp8 (M, ΣO), (M, 1))."""
+    return quantize_rowwise(torch.cat([g.float() * s.float() for g, s in zip(gs_MO, w_scales_O)], dim=1))
+
+
+_quantize_grads = quantize_grads
+
+
 @functools.cache
 def _compiled_quantize_grad():
     return torch.compile(quantize_grad, dynamic=False)
+
+
+@functools.cache
+def _compiled_quantize_grads():
+    return torch.compile(quantize_grads, dynamic=False)
 
 
 def scaled_mm_available(device: torch.device) -> bool:
@@ -104,15 +120,16 @@ def fp8_matmul(xq_MI: torch.Tensor, x_scale_M1: torch.Tensor, w_OI: torch.Tensor
     return out if bias_O is None else out + bias_O.to(out_dtype)
 
 
-def fp8_grad_matmul(gq_MO: torch.Tensor, g_scale_M1: torch.Tensor, w_OI: torch.Tensor,
+def fp8_grad_matmul(gq_MO: torch.Tensor, g_scale_M1: torch.Tensor, ws_OI: tuple[torch.Tensor, ...],
                     out_dtype: torch.dtype) -> torch.Tensor:
-    """(gq * g_scale) @ w -> (M, I) in out_dtype (the weight's scales are already in g_scale's rows)."""
+    """(gq * g_scale) @ [w_1; w_2; ...] -> (M, I) in out_dtype (the weights' scales are already in g_scale's
+    rows; gq's columns are the weights' output rows in order)."""
     if scaled_mm_available(gq_MO.device):
-        w_col_OI = _transpose(w_OI).t()  # _scaled_mm wants its second operand column-major
-        ones_1I = torch.ones(1, w_OI.shape[1], device=w_OI.device, dtype=torch.float32)
+        w_col_OI = _transpose(*ws_OI).t()  # _scaled_mm wants its second operand column-major
+        ones_1I = torch.ones(1, ws_OI[0].shape[1], device=gq_MO.device, dtype=torch.float32)
         return torch._scaled_mm(gq_MO, w_col_OI, scale_a=g_scale_M1, scale_b=ones_1I, out_dtype=out_dtype,
                                 use_fast_accum=False)
-    return ((gq_MO.float() * g_scale_M1) @ w_OI.float()).to(out_dtype)
+    return ((gq_MO.float() * g_scale_M1) @ torch.cat([w.float() for w in ws_OI])).to(out_dtype)
 
 
 def dequantize(w_OI: torch.Tensor, w_scale_O: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -146,16 +163,27 @@ def fp8_linear_grad_input(grad_out: torch.Tensor, w_OI: torch.Tensor, w_scale_O:
     """The input gradient of `fp8_linear_forward`: bf16 from the dequantised weight, or an fp8 matmul."""
     if not fp8_backward:
         return grad_out @ dequantize(w_OI, w_scale_O, grad_out.dtype)
-    shape = grad_out.shape
-    g_MO = grad_out.reshape(-1, shape[-1])
-    rows = g_MO.shape[0]
-    pad = -rows % _ROW_MULTIPLE if scaled_mm_available(g_MO.device) else 0
+    return fp8_grad_input_sum((grad_out,), (w_OI,), (w_scale_O,))
+
+
+def fp8_grad_input_sum(grads_out: tuple[torch.Tensor, ...], ws_OI: tuple[torch.Tensor, ...],
+                       w_scales_O: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Σ_j grad_j W_j for fp8 weights of one input axis (q, k and v) as one fp8 matmul: [g_1 s_1 | g_2 s_2 | ...]
+    quantised per row times [W_1; W_2; ...], so no full-size adds and one longer contraction. One scale per row
+    covers all the gradients of that row (separately quantised, each would have its own)."""
+    shape = grads_out[0].shape
+    gs_MO = [g.reshape(-1, g.shape[-1]) for g in grads_out]
+    rows = gs_MO[0].shape[0]
+    pad = -rows % _ROW_MULTIPLE if scaled_mm_available(gs_MO[0].device) else 0
     if pad:
-        g_MO = F.pad(g_MO, (0, 0, 0, pad))
-    gq, g_scale = _quantize_grad(g_MO, w_scale_O)
-    grad_x = fp8_grad_matmul(gq, g_scale, w_OI, grad_out.dtype)
+        gs_MO = [F.pad(g, (0, 0, 0, pad)) for g in gs_MO]
+    if len(gs_MO) == 1:
+        gq, g_scale = _quantize_grad(gs_MO[0], w_scales_O[0])
+    else:
+        gq, g_scale = _quantize_grads(gs_MO, w_scales_O)
+    grad_x = fp8_grad_matmul(gq, g_scale, ws_OI, grads_out[0].dtype)
     grad_x = grad_x[:rows] if pad else grad_x
-    return grad_x.view(*shape[:-1], w_OI.shape[1])
+    return grad_x.view(*shape[:-1], ws_OI[0].shape[1])
 
 
 class _Fp8LinearFn(torch.autograd.Function):

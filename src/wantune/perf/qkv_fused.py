@@ -10,9 +10,11 @@ autograd's two full-size adds of those. Here:
                dx = base_grad_q(g_q);  dx += base_grad_k(g_k);  dx += base_grad_v(g_v);  dx += [gh] [A]
 
 so x is quantised and read once per pass for all three; the bf16 base gradients accumulate in the matmul
-(`addmm_`), the fp8 ones add into one buffer. Results equal the three fused layers' (CPU: same values up to the
-rounding order of the sums). It applies when all three are fused single-adapter LoRA layers with frozen bases
-of one kind (plain or fp8); otherwise the three layers run as they are.
+(`addmm_`); with fp8 input gradients the three are one fp8 matmul, [g_q | g_k | g_v] quantised per row times
+[W_q; W_k; W_v] (`fp8.fp8_grad_input_sum`: no adds, one contraction over 3 O). Results equal the three fused
+layers' (CPU: same values up to the rounding order of the sums; with fp8 input gradients, up to the one
+quantisation scale per row shared by the three). It applies when all three are fused single-adapter LoRA layers
+with frozen bases of one kind (plain or fp8); otherwise the three layers run as they are.
 
 Legend: M rows (batch x tokens), I in_features, O out_features, R rank.
 """
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wantune.perf.fp8 import Fp8TrainLinear, fp8_linear_quantized, quantize_input
+from wantune.perf.fp8 import Fp8TrainLinear, fp8_grad_input_sum, fp8_linear_quantized, quantize_input
 from wantune.perf.lora_fused import _base_grad_input, is_fused
 
 
@@ -97,7 +99,11 @@ class _QKVFn(torch.autograd.Function):
 
 
 def _base_grad_sum(layers, grads, dtype: torch.dtype) -> torch.Tensor:
-    """Σ_j base_grad_j(g_j): bf16 bases accumulate in the matmul, fp8 ones add into the first."""
+    """Σ_j base_grad_j(g_j): bf16 bases accumulate in the matmul; fp8 ones with fp8 input gradients are one
+    matmul over the three (`fp8_grad_input_sum`), else they add into the first."""
+    if isinstance(layers[0], Fp8TrainLinear) and all(layer.fp8_backward for layer in layers):
+        return fp8_grad_input_sum(grads, tuple(layer.weight for layer in layers),
+                                  tuple(layer.weight_scale for layer in layers))
     if isinstance(layers[0], Fp8TrainLinear):
         total = _base_grad_input(layers[0], grads[0])
         for layer, g in zip(layers[1:], grads[1:]):
