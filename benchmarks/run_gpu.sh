@@ -98,4 +98,23 @@ case "$1" in
     timeout 160 $S --frames 41 --height 768 --width 768 --precision fp8-all --plain-blocks auto --warmup 1 --steps 2 \
       --out $OUT/a14b_41f_768x768_fp8all_plainauto_s13.json 2>&1 | tee -a $OUT/run9.log
     ;;
+  10)  # session 13: the adapter's input gradient in the same fp8 matmul as q/k/v's (and every fused layer's); the
+       # same-machine A/B against session 12's code (in .gl/s12, from `git archive 91be1f6 src benchmarks`), the
+       # plain-block back-off (expandable segments), the 8-block profile (40 kernels)
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    timeout 60 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check \
+      --warmup 1 --steps 2 --out $OUT/smoke_s13b.json 2>&1 | tee $OUT/run10.log
+    if [ -d .gl/s12 ]; then
+      timeout 100 python3 .gl/s12/benchmarks/speed.py --variant wan2.2-i2v-a14b --rank 32 --batch 1 --frames 41 \
+        --height 768 --width 768 --precision fp8-all --warmup 2 --steps 3 \
+        --out $OUT/a14b_41f_768x768_fp8all_s12code.json 2>&1 | tee -a $OUT/run10.log
+    fi
+    timeout 100 $S --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 3 \
+      --out $OUT/a14b_41f_768x768_fp8all_s13b.json 2>&1 | tee -a $OUT/run10.log
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 170 $S --frames 41 --height 768 --width 768 \
+      --precision fp8-all --plain-blocks auto --warmup 1 --steps 2 \
+      --out $OUT/a14b_41f_768x768_fp8all_plainauto_s13b.json 2>&1 | tee -a $OUT/run10.log
+    timeout 70 $S --layers 8 --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 2 --profile \
+      --out $OUT/a14b_8blocks_41f_768x768_profile_s13b.json 2>&1 | tee -a $OUT/run10.log
+    ;;
 esac

@@ -58,7 +58,7 @@ def test_profile_of_a_real_training_step_on_the_cpu():
     assert abs(sum(c["seconds"] for c in cats.values()) - out["kernel_seconds"]) < 1e-4
     assert abs(sum(c["share"] for c in cats.values()) - 1.0) < 1e-3
     seconds = [k["seconds"] for k in out["top_kernels"]]
-    assert seconds == sorted(seconds, reverse=True) and len(seconds) <= 15
+    assert seconds == sorted(seconds, reverse=True) and len(seconds) <= 40
     ops = out["top_ops"]  # by operator and input shapes: the block Linears' matmuls show their shapes
     assert ops and all(op["op"].startswith("aten::") and op["calls"] >= 1 for op in ops)
     dim = variant.dim

@@ -32,10 +32,10 @@ class _Model(nn.Module):
         return self.blocks[0]["self_attn"]
 
 
-def _model(fp8=False, fp8_backward=False):
+def _model(fp8=False, fp8_backward=False, rank=4):
     torch.manual_seed(0)
     model = _Model()
-    network = apply_lora(model, rank=4, alpha=8.0, targets=["self_attn.q", "self_attn.k", "self_attn.v"])
+    network = apply_lora(model, rank=rank, alpha=8.0, targets=["self_attn.q", "self_attn.k", "self_attn.v"])
     with torch.no_grad():
         for p in network.parameters():
             p.normal_(0, 0.2)
@@ -57,14 +57,15 @@ def _run(model, network, x, together: bool, autocast: bool):
     return [o.detach().float() for o in outs], [x.grad] + [p.grad for _, p in network.named_parameters()]
 
 
-@pytest.mark.parametrize("fp8,fp8_backward", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("fp8,fp8_backward,rank", [(False, False, 4), (True, False, 4), (True, True, 4),
+                                                   (True, True, 16)])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_one_function_matches_three_layers(fp8, fp8_backward, autocast, monkeypatch):
+def test_one_function_matches_three_layers(fp8, fp8_backward, rank, autocast, monkeypatch):
     calls = []
     apply = qkv_fused._QKVFn.apply
     monkeypatch.setattr(qkv_fused._QKVFn, "apply", lambda *a: calls.append(1) or apply(*a))
     x = torch.randn(2, 24, 48)
-    model, network = _model(fp8, fp8_backward)
+    model, network = _model(fp8, fp8_backward, rank)
     outs, grads = _run(model, network, x, together=False, autocast=autocast)
     assert not calls
     outs2, grads2 = _run(model, network, x, together=True, autocast=autocast)
@@ -73,8 +74,8 @@ def test_one_function_matches_three_layers(fp8, fp8_backward, autocast, monkeypa
     for a, b in zip(outs, outs2):
         torch.testing.assert_close(b, a, **tol)
     assert len(grads) == len(grads2) == 7
-    if fp8_backward:  # x's gradient is one fp8 matmul over [g_q | g_k | g_v]: one scale per row for the three
-        exact = _run(*_model(fp8=True), x, together=False, autocast=autocast)[1][0]
+    if fp8_backward:  # x's gradient is one fp8 matmul over [g_q | g_k | g_v (| gh)]: one scale per row for all
+        exact = _run(*_model(fp8=True, rank=rank), x, together=False, autocast=autocast)[1][0]
         separate, together = (_rel_error(g[0], exact) for g in (grads, grads2))
         assert together < 0.06 and together < 1.5 * separate + 0.01, (together, separate)
         grads, grads2 = grads[1:], grads2[1:]

@@ -22,7 +22,7 @@ from torch import nn
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
-_ROW_MULTIPLE = 16  # _scaled_mm wants every dim of its operands divisible by 16
+FP8_MULTIPLE = 16  # _scaled_mm wants every dim of its operands divisible by 16
 
 
 def quantize_rowwise(x_MI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,10 +38,11 @@ _quantize = quantize_rowwise
 def compile_quantize(enabled: bool = True) -> None:
     """Use torch.compile'd (single fused kernel) activation and gradient quantisers and weight transpose in the
     fp8 matmuls, or the eager ones."""
-    global _quantize, _quantize_grad, _quantize_grads, _transpose
+    global _quantize, _quantize_grad, _quantize_grads, _quantize_adapter, _transpose
     _quantize = _compiled_quantize() if enabled else quantize_rowwise
     _quantize_grad = _compiled_quantize_grad() if enabled else quantize_grad
     _quantize_grads = _compiled_quantize_grads() if enabled else quantize_grads
+    _quantize_adapter = _compiled_quantize_adapter() if enabled else quantize_adapter
     _transpose = _compiled_transpose() if enabled else transpose
 
 
@@ -81,6 +82,27 @@ def quantize_grads(gs_MO: list[torch.Tensor], w_scales_O: list[torch.Tensor]) ->
 
 
 _quantize_grads = quantize_grads
+
+
+def quantize_adapter(a_RI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LoRA adapter's A (R, I) per row: (fp8 (R, I), scales (R,)), for its input-gradient term gh A in an fp8
+    matmul (`fp8_grad_input_sum`). Its own compiled function (A's shapes would crowd the activation
+    quantiser's cache of compiled shapes)."""
+    aq_RI, scale_R1 = quantize_rowwise(a_RI)
+    return aq_RI, scale_R1.view(-1)
+
+
+_quantize_adapter = quantize_adapter
+
+
+def quantize_adapter_rows(a_RI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_adapter` as `compile_quantize` set it (compiled or eager)."""
+    return _quantize_adapter(a_RI)
+
+
+@functools.cache
+def _compiled_quantize_adapter():
+    return torch.compile(quantize_adapter, dynamic=False)
 
 
 @functools.cache
@@ -140,7 +162,7 @@ def quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x's rows quantised (fp8 (M', I), scales (M', 1)); M' is M padded to the fp8 matmul's multiple of 16 on a
     GPU (zero rows quantise to zeros; `fp8_linear_quantized` slices their outputs off)."""
     x_MI = x.reshape(-1, x.shape[-1])
-    pad = -x_MI.shape[0] % _ROW_MULTIPLE if scaled_mm_available(x.device) else 0
+    pad = -x_MI.shape[0] % FP8_MULTIPLE if scaled_mm_available(x.device) else 0
     return _quantize(F.pad(x_MI, (0, 0, 0, pad)) if pad else x_MI)
 
 
@@ -174,7 +196,7 @@ def fp8_grad_input_sum(grads_out: tuple[torch.Tensor, ...], ws_OI: tuple[torch.T
     shape = grads_out[0].shape
     gs_MO = [g.reshape(-1, g.shape[-1]) for g in grads_out]
     rows = gs_MO[0].shape[0]
-    pad = -rows % _ROW_MULTIPLE if scaled_mm_available(gs_MO[0].device) else 0
+    pad = -rows % FP8_MULTIPLE if scaled_mm_available(gs_MO[0].device) else 0
     if pad:
         gs_MO = [F.pad(g, (0, 0, 0, pad)) for g in gs_MO]
     if len(gs_MO) == 1:

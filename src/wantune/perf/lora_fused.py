@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wantune.lora.network import LoRALinear
-from wantune.perf.fp8 import Fp8TrainLinear, fp8_linear_forward, fp8_linear_grad_input
+from wantune.perf import fp8
+from wantune.perf.fp8 import FP8_MULTIPLE, Fp8TrainLinear, fp8_grad_input_sum, fp8_linear_forward, fp8_linear_grad_input
 
 
 def _base_forward(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -35,10 +36,31 @@ def _base_forward(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.weight.to(x.dtype), bias)
 
 
-def _base_grad_input(layer: nn.Linear, g: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, Fp8TrainLinear):
-        return fp8_linear_grad_input(g, layer.weight, layer.weight_scale, layer.fp8_backward)
-    return g @ layer.weight.to(g.dtype)
+def grad_input(layers, grads, gh_MR: torch.Tensor, a_RI: torch.Tensor) -> torch.Tensor:
+    """dx = Σ_j g_j W_j + gh A for frozen bases of one input (one layer, or q, k and v) and their adapters
+    (gh = scale · g B, side by side for several). fp8 bases with fp8 input gradients: one fp8 matmul over all
+    of it, [g_1 s_1 | g_2 s_2 | ... | gh s_A] quantised per row times [W_1; W_2; ...; A] with A quantised per
+    row (`fp8_grad_input_sum`; rank a multiple of 16, else the adapter adds after); bf16 bases accumulate in
+    the matmul (`addmm_`); fp8 bases with bf16 input gradients add into the first."""
+    first = layers[0]
+    if isinstance(first, Fp8TrainLinear) and all(layer.fp8_backward for layer in layers):
+        terms = [(g, layer.weight, layer.weight_scale) for g, layer in zip(grads, layers)]
+        adapter_in_mm = a_RI.shape[0] % FP8_MULTIPLE == 0
+        if adapter_in_mm:
+            terms.append((gh_MR, *fp8.quantize_adapter_rows(a_RI)))
+        total = fp8_grad_input_sum(*zip(*terms))
+        if adapter_in_mm:
+            return total
+    elif isinstance(first, Fp8TrainLinear):
+        total = fp8_linear_grad_input(grads[0], first.weight, first.weight_scale, False)
+        for layer, g in zip(layers[1:], grads[1:]):
+            total += fp8_linear_grad_input(g, layer.weight, layer.weight_scale, False)
+    else:
+        total = grads[0] @ first.weight.to(grads[0].dtype)
+        for layer, g in zip(layers[1:], grads[1:]):
+            total.view(-1, total.shape[-1]).addmm_(g.reshape(-1, g.shape[-1]), layer.weight.to(g.dtype))
+    total.view(-1, total.shape[-1]).addmm_(gh_MR, a_RI)
+    return total
 
 
 class _FusedLoRAFn(torch.autograd.Function):
@@ -62,10 +84,7 @@ class _FusedLoRAFn(torch.autograd.Function):
         gh_MR = (g_MO @ b_OR).mul_(scale)
         grad_a = gh_MR.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
         grad_b = (g_MO.t() @ h_MR).mul_(scale) if ctx.needs_input_grad[2] else None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _base_grad_input(ctx.layer, g)
-            grad_x.view(-1, grad_x.shape[-1]).addmm_(gh_MR, a_RI)
+        grad_x = grad_input((ctx.layer,), (g,), gh_MR, a_RI) if ctx.needs_input_grad[0] else None
         return grad_x, grad_a, grad_b, None, None
 
 

@@ -15,6 +15,7 @@ Legend: N plain blocks.
 from __future__ import annotations
 
 import contextlib
+import gc
 
 import torch
 from torch import nn
@@ -103,5 +104,6 @@ def _step_fits(setup) -> bool:
         fits = False
     for p in setup.network.parameters():
         p.grad = None
+    gc.collect()  # the failed step's frames hold its tensors in reference cycles: free them before the next try
     torch.cuda.empty_cache()
     return fits

@@ -38,7 +38,7 @@ def category(kernel: str) -> str:
     return "other"
 
 
-def breakdown(times: dict[str, tuple[int, float]], top: int = 15) -> dict:
+def breakdown(times: dict[str, tuple[int, float]], top: int = 40) -> dict:
     """{kernel: (calls, seconds)} -> total seconds, seconds and share per category, the `top` kernels.
     Ranges that only annotate kernels on the device timeline (`## Call CompiledFxGraph ... ##`, one per
     compiled-graph call, spanning its Triton kernels) are left out: their time is the kernels' time again."""
@@ -55,7 +55,7 @@ def breakdown(times: dict[str, tuple[int, float]], top: int = 15) -> dict:
                             for k, (n, s) in ranked]}
 
 
-def profile_step(step, device: torch.device, top: int = 15) -> dict:
+def profile_step(step, device: torch.device, top: int = 40) -> dict:
     """Profile one call of `step` (already warmed up) and return `breakdown` of its kernels: CUDA kernels on a
     GPU, aten operators (self time, so nothing is counted twice) on the CPU."""
     from torch.profiler import ProfilerActivity, profile
@@ -82,7 +82,7 @@ def profile_step(step, device: torch.device, top: int = 15) -> dict:
     return {**breakdown(times, top), "top_ops": ops}
 
 
-def top_ops(prof, cuda: bool, top: int = 15) -> list[dict]:
+def top_ops(prof, cuda: bool, top: int = 40) -> list[dict]:
     """The aten operators whose own kernels took the most device time (CPU: self time), by operator and input
     shapes: which tensor a kernel of `top_kernels` ran on (say a float32 multiply outside the compiled kernels)."""
     rows = []

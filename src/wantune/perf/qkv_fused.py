@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wantune.perf.fp8 import Fp8TrainLinear, fp8_grad_input_sum, fp8_linear_quantized, quantize_input
-from wantune.perf.lora_fused import _base_grad_input, is_fused
+from wantune.perf.fp8 import Fp8TrainLinear, fp8_linear_quantized, quantize_input
+from wantune.perf.lora_fused import grad_input, is_fused
 
 
 def _adapter(layer: nn.Module):
@@ -90,27 +90,7 @@ class _QKVFn(torch.autograd.Function):
         gh_M3R = torch.cat([(g @ b).mul_(s) for g, b, s in zip(grads, bs, scales)], dim=1)
         grad_a = gh_M3R.t() @ x_MI
         grad_bs = [(g.t() @ h_M3R[:, j * rank:(j + 1) * rank]).mul_(scales[j]) for j, g in enumerate(grads)]
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _base_grad_sum(layers, (g_q, g_k, g_v), x.dtype)
-            grad_x.view(-1, grad_x.shape[-1]).addmm_(gh_M3R, a_3RI)
+        grad_x = grad_input(layers, (g_q, g_k, g_v), gh_M3R, a_3RI) if ctx.needs_input_grad[0] else None
         grad_as = grad_a.split(rank)
         return (grad_x, None, None, grad_as[0], grad_bs[0], grad_as[1], grad_bs[1], grad_as[2], grad_bs[2])
 
-
-def _base_grad_sum(layers, grads, dtype: torch.dtype) -> torch.Tensor:
-    """Σ_j base_grad_j(g_j): bf16 bases accumulate in the matmul; fp8 ones with fp8 input gradients are one
-    matmul over the three (`fp8_grad_input_sum`), else they add into the first."""
-    if isinstance(layers[0], Fp8TrainLinear) and all(layer.fp8_backward for layer in layers):
-        return fp8_grad_input_sum(grads, tuple(layer.weight for layer in layers),
-                                  tuple(layer.weight_scale for layer in layers))
-    if isinstance(layers[0], Fp8TrainLinear):
-        total = _base_grad_input(layers[0], grads[0])
-        for layer, g in zip(layers[1:], grads[1:]):
-            total += _base_grad_input(layer, g)
-        return total
-    total = grads[0] @ layers[0].weight.to(dtype)
-    flat = total.view(-1, total.shape[-1])
-    for layer, g in zip(layers[1:], grads[1:]):
-        flat.addmm_(g.reshape(-1, g.shape[-1]), layer.weight.to(dtype))
-    return total
