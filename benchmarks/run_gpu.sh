@@ -117,4 +117,16 @@ case "$1" in
     timeout 70 $S --layers 8 --frames 41 --height 768 --width 768 --precision fp8-all --warmup 2 --steps 2 --profile \
       --out $OUT/a14b_8blocks_41f_768x768_profile_s13b.json 2>&1 | tee -a $OUT/run10.log
     ;;
+  11)  # session 13: same-machine A/B of the guide's job, session 12's code (.gl/s12, `git archive 91be1f6 src
+       # benchmarks`) against the q/k/v input gradients as one fp8 matmul, each also with 3 plain blocks; then
+       # `--plain-blocks auto` sized by the reserved peak
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    G="--frames 41 --height 768 --width 768 --precision fp8-all"
+    O=".gl/s12/benchmarks/speed.py --variant wan2.2-i2v-a14b --rank 32 --batch 1"
+    timeout 100 python3 $O $G --warmup 2 --steps 3 --out $OUT/ab_s12.json 2>&1 | tee $OUT/run11.log
+    timeout 100 $S $G --warmup 2 --steps 3 --out $OUT/ab_s13.json 2>&1 | tee -a $OUT/run11.log
+    timeout 90 python3 $O $G --plain-blocks 3 --warmup 1 --steps 3 --out $OUT/ab_s12_plain3.json 2>&1 | tee -a $OUT/run11.log
+    timeout 90 $S $G --plain-blocks 3 --warmup 1 --steps 3 --out $OUT/ab_s13_plain3.json 2>&1 | tee -a $OUT/run11.log
+    timeout 100 $S $G --plain-blocks auto --warmup 1 --steps 2 --out $OUT/ab_s13_plainauto.json 2>&1 | tee -a $OUT/run11.log
+    ;;
 esac

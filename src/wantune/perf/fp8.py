@@ -38,11 +38,10 @@ _quantize = quantize_rowwise
 def compile_quantize(enabled: bool = True) -> None:
     """Use torch.compile'd (single fused kernel) activation and gradient quantisers and weight transpose in the
     fp8 matmuls, or the eager ones."""
-    global _quantize, _quantize_grad, _quantize_grads, _quantize_adapter, _transpose
+    global _quantize, _quantize_grad, _quantize_grads, _transpose
     _quantize = _compiled_quantize() if enabled else quantize_rowwise
     _quantize_grad = _compiled_quantize_grad() if enabled else quantize_grad
     _quantize_grads = _compiled_quantize_grads() if enabled else quantize_grads
-    _quantize_adapter = _compiled_quantize_adapter() if enabled else quantize_adapter
     _transpose = _compiled_transpose() if enabled else transpose
 
 
@@ -82,27 +81,6 @@ def quantize_grads(gs_MO: list[torch.Tensor], w_scales_O: list[torch.Tensor]) ->
 
 
 _quantize_grads = quantize_grads
-
-
-def quantize_adapter(a_RI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A LoRA adapter's A (R, I) per row: (fp8 (R, I), scales (R,)), for its input-gradient term gh A in an fp8
-    matmul (`fp8_grad_input_sum`). Its own compiled function (A's shapes would crowd the activation
-    quantiser's cache of compiled shapes)."""
-    aq_RI, scale_R1 = quantize_rowwise(a_RI)
-    return aq_RI, scale_R1.view(-1)
-
-
-_quantize_adapter = quantize_adapter
-
-
-def quantize_adapter_rows(a_RI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`quantize_adapter` as `compile_quantize` set it (compiled or eager)."""
-    return _quantize_adapter(a_RI)
-
-
-@functools.cache
-def _compiled_quantize_adapter():
-    return torch.compile(quantize_adapter, dynamic=False)
 
 
 @functools.cache

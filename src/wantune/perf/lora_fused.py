@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wantune.lora.network import LoRALinear
-from wantune.perf import fp8
-from wantune.perf.fp8 import FP8_MULTIPLE, Fp8TrainLinear, fp8_grad_input_sum, fp8_linear_forward, fp8_linear_grad_input
+from wantune.perf.fp8 import Fp8TrainLinear, fp8_grad_input_sum, fp8_linear_forward, fp8_linear_grad_input
 
 
 def _base_forward(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -38,19 +37,15 @@ def _base_forward(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def grad_input(layers, grads, gh_MR: torch.Tensor, a_RI: torch.Tensor) -> torch.Tensor:
     """dx = Σ_j g_j W_j + gh A for frozen bases of one input (one layer, or q, k and v) and their adapters
-    (gh = scale · g B, side by side for several). fp8 bases with fp8 input gradients: one fp8 matmul over all
-    of it, [g_1 s_1 | g_2 s_2 | ... | gh s_A] quantised per row times [W_1; W_2; ...; A] with A quantised per
-    row (`fp8_grad_input_sum`; rank a multiple of 16, else the adapter adds after); bf16 bases accumulate in
-    the matmul (`addmm_`); fp8 bases with bf16 input gradients add into the first."""
+    (gh = scale · g B, side by side for several). fp8 bases with fp8 input gradients: the bases' part is one fp8
+    matmul, [g_1 s_1 | g_2 s_2 | ...] quantised per row times [W_1; W_2; ...] (`fp8_grad_input_sum`); bf16
+    bases accumulate in the matmul (`addmm_`); fp8 bases with bf16 input gradients add into the first. The
+    adapters' gh A then adds in with `addmm_`. (In the fp8 matmul too, as [.. | gh s_A] x [..; A], it cost more
+    than it saved on an H100: a contraction of 5,152 instead of 5,120 ran 25% slower; docs/performance.md.)"""
     first = layers[0]
     if isinstance(first, Fp8TrainLinear) and all(layer.fp8_backward for layer in layers):
-        terms = [(g, layer.weight, layer.weight_scale) for g, layer in zip(grads, layers)]
-        adapter_in_mm = a_RI.shape[0] % FP8_MULTIPLE == 0
-        if adapter_in_mm:
-            terms.append((gh_MR, *fp8.quantize_adapter_rows(a_RI)))
-        total = fp8_grad_input_sum(*zip(*terms))
-        if adapter_in_mm:
-            return total
+        total = fp8_grad_input_sum(grads, tuple(layer.weight for layer in layers),
+                                   tuple(layer.weight_scale for layer in layers))
     elif isinstance(first, Fp8TrainLinear):
         total = fp8_linear_grad_input(grads[0], first.weight, first.weight_scale, False)
         for layer, g in zip(layers[1:], grads[1:]):
