@@ -1,8 +1,10 @@
-"""Plain (un-checkpointed) blocks sized by measurement: the saved-tensor count, the fit, re-wiring that keeps the
-fused block forward, and the bench flag."""
+"""Plain (un-checkpointed) blocks: what a plain block keeps against a checkpointed one (counted with saved-tensor
+hooks), the count `--plain-blocks auto` takes from the memory estimate, re-wiring that keeps the fused block
+forward, and the bench flag."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from types import SimpleNamespace
 
@@ -13,8 +15,46 @@ from wantune.models.variants import TINY, get_variant
 from wantune.perf import compile as fast
 from wantune.perf.ac_policy import unwrap_blocks, wrap_blocks
 from wantune.perf.compile import install_fast_blocks
-from wantune.perf.plain import plain_blocks_that_fit, saved_bytes
+from wantune.perf.memory import estimate_memory
+from wantune.perf.plain import plain_blocks_that_fit
 from wantune.perf.setup import TrainSetup
+
+
+@contextlib.contextmanager
+def _counting_saved(module: nn.Module, counter: dict):
+    """While active, every tensor autograd saves during `module`'s forward is recorded in `counter`
+    (storage pointer -> bytes); parameters of `module` are left out."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    active = []
+
+    def pack(tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            counter[storage.data_ptr()] = max(counter.get(storage.data_ptr(), 0), storage.nbytes())
+        return tensor
+
+    def enter(*_):
+        active.append(torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor))
+        active[-1].__enter__()
+
+    def leave(*_):
+        active.pop().__exit__(None, None, None)
+
+    handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        yield counter
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def saved_bytes(module: nn.Module, forward) -> int:
+    """Bytes `module`'s forward leaves saved for the backward when `forward()` runs it once with grad."""
+    counter: dict[int, int] = {}
+    with _counting_saved(module, counter):
+        out = forward()
+    del out
+    return sum(counter.values())
 
 
 def _setup() -> TrainSetup:
@@ -46,12 +86,17 @@ def test_a_plain_block_saves_far_more_than_a_checkpointed_one():
     assert checkpointed < plain / 4
 
 
-def test_fit_counts_the_measured_block_and_the_free_memory():
-    gib = 1 << 30
-    assert plain_blocks_that_fit(56 * gib, 3 * gib, 80 * gib, 40) == 1 + int((72 - 56) // 3)
-    assert plain_blocks_that_fit(75 * gib, 3 * gib, 80 * gib, 40) == 0  # already over: none
-    assert plain_blocks_that_fit(10 * gib, 1 * gib, 80 * gib, 40) == 40  # at most every block
-    assert plain_blocks_that_fit(10 * gib, 0, 80 * gib, 40) == 1
+def test_auto_takes_the_most_plain_blocks_whose_estimate_fits():
+    assert plain_blocks_that_fit(lambda n: 50 + 6 * n, 80, 40) == 3  # 68 <= 72 < 74
+    assert plain_blocks_that_fit(lambda n: 75 + n, 80, 40) == 0  # already over: none
+    assert plain_blocks_that_fit(lambda n: 10 + 0.1 * n, 80, 40) == 40  # at most every block
+    # the 14B expert at 41f 768x768 on an 80 GB H100 (79.2 GiB): 3 in fp8-all (3 ran, 4 ran out of memory), 1 in
+    # bf16 (2 ran out), as measured in sessions 12-13 (docs/performance.md)
+    variant = get_variant("wan2.2-i2v-a14b")
+    for precision, measured in (("fp8-all", 3), ("bf16", 1)):
+        shape = (variant, 41, 768, 768, 1, 32, precision, 0, True, False)
+        fit = plain_blocks_that_fit(lambda n: estimate_memory(*shape, plain_blocks=n).total_gib, 79.2, 40)
+        assert fit == measured, precision
 
 
 def test_rewrapping_keeps_the_fused_block_forward():

@@ -27,8 +27,8 @@ from wantune.perf.flops import latent_grid, roofline_seconds, step_flops
 from wantune.perf.fp8 import set_fp8_backward
 from wantune.perf.memory import GIB, estimate_memory, memory_message
 from wantune.perf.micro import measure_rates
-from wantune.perf.plain import fit_plain_blocks
-from wantune.perf.setup import TrainSetup, _backend, prepare_fast, prepare_plain
+from wantune.perf.plain import plain_blocks_that_fit
+from wantune.perf.setup import TrainSetup, prepare_fast, prepare_plain
 
 PRECISIONS = ("bf16", "fp8", "fp8-all")
 """bf16; fp8 frozen weights with fp8 forward matmuls; the same with fp8 input-gradient matmuls too."""
@@ -140,9 +140,11 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
             estimate.parts["idle_expert_weights"] = estimate.parts["frozen_weights"]
         available = cfg.memory_cap_gib or torch.cuda.get_device_properties(device).total_memory / GIB
         plain_blocks = cfg.plain_blocks or 0
-        auto_plain = cfg.plain_blocks is None and cfg.mode == "fast" and not capped and not cfg.block_swap
-        if auto_plain:  # one to measure with; fit_plain_blocks sizes the rest once the step runs
-            plain_blocks = 1
+        if cfg.plain_blocks is None and cfg.mode == "fast" and not capped and not cfg.block_swap:
+            plain_blocks = plain_blocks_that_fit(
+                lambda n: _with_idle(estimate_memory(*shape, plain_blocks=n), estimate).total_gib, available,
+                variant.num_layers)
+            log(f"plain blocks: {plain_blocks} (the most whose estimate fits 0.9 of {available:.1f} GiB)")
         if plain_blocks:
             estimate = _with_idle(estimate_memory(*shape, plain_blocks=plain_blocks), estimate)
         log(memory_message(estimate, available))
@@ -169,13 +171,6 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
             if cfg.mode == "fast":
                 run["compile_error"] = prepare_fast(setup, backend, cfg.compile, save_attention, offload,
                                                     plain_blocks, cfg.fused_lora)
-                if auto_plain and device.type == "cuda":
-                    with _backend(backend):
-                        run["plain_sizing"] = fit_plain_blocks(setup, save_attention, offload, int(available * GIB))
-                    plain_blocks = run["settings"]["plain_blocks"] = run["plain_sizing"]["plain_blocks"]
-                    run["memory_estimate"] = _with_idle(estimate_memory(*shape, plain_blocks=plain_blocks),
-                                                        estimate).as_dict()
-                    log(f"plain blocks: {run['plain_sizing']}")
             else:
                 prepare_plain(setup)
             setup.reset_lora()
@@ -190,7 +185,7 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
         except torch.OutOfMemoryError as exc:
             run = {"name": f"wantune-{precision}-{cfg.mode}", "precision": precision, "error": "out of memory",
                    "detail": str(exc).splitlines()[0][:200], "memory_estimate": estimate.as_dict(),
-                   **{k: run[k] for k in ("settings", "plain_sizing") if k in run}}
+                   **{k: run[k] for k in ("settings",) if k in run}}
             setup = None
         result["runs"].append(run)
         progress(result)
