@@ -129,4 +129,17 @@ case "$1" in
     timeout 90 $S $G --plain-blocks 3 --warmup 1 --steps 3 --out $OUT/ab_s13_plain3.json 2>&1 | tee -a $OUT/run11.log
     timeout 100 $S $G --plain-blocks auto --warmup 1 --steps 2 --out $OUT/ab_s13_plainauto.json 2>&1 | tee -a $OUT/run11.log
     ;;
+  12)  # session 13: fast accumulation in the fp8 input-gradient matmuls (.gl/fa: this tree with
+       # use_fast_accum=True there): numerics on 2 blocks and the guide's job with 3 plain blocks; this tree's
+       # `--plain-blocks auto` (by the estimate: 3) and 4 plain blocks with expandable segments
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    G="--frames 41 --height 768 --width 768 --precision fp8-all"
+    F=".gl/fa/benchmarks/speed.py --variant wan2.2-i2v-a14b --rank 32 --batch 1"
+    timeout 60 python3 $F --layers 2 --frames 9 --height 480 --width 832 --precision fp8-all --check --warmup 1 \
+      --steps 2 --out $OUT/fa_check.json 2>&1 | tee $OUT/run12.log
+    timeout 90 python3 $F $G --plain-blocks 3 --warmup 1 --steps 3 --out $OUT/fa_plain3.json 2>&1 | tee -a $OUT/run12.log
+    timeout 90 $S $G --plain-blocks auto --warmup 1 --steps 3 --out $OUT/s13_plainauto.json 2>&1 | tee -a $OUT/run12.log
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 90 $S $G --plain-blocks 4 --warmup 1 --steps 3 \
+      --out $OUT/s13_plain4_expandable.json 2>&1 | tee -a $OUT/run12.log
+    ;;
 esac
