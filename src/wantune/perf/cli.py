@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                    help="selective checkpointing: keep self-attention outputs (auto: off under a memory cap)")
     p.add_argument("--plain-blocks", default="0",
                    help="blocks that skip checkpointing (keep all activations; the last N); auto: as many as "
-                        "fit under 90%% of the GPU, sized by measuring one such block and the step's peak")
+                        "the memory estimate fits in 90%% of the GPU")
     p.add_argument("--idle-expert", action="store_true",
                    help="keep a second expert's frozen weights resident during our runs (an A14B pair on one GPU)")
     p.add_argument("--no-compile", action="store_true", help="run the fused kernels eagerly")
