@@ -142,4 +142,13 @@ case "$1" in
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 90 $S $G --plain-blocks 4 --warmup 1 --steps 3 \
       --out $OUT/s13_plain4_expandable.json 2>&1 | tee -a $OUT/run12.log
     ;;
+  13)  # session 13, the last device minutes: fast accumulation in the fp8 input-gradient matmuls (.gl/fa) against
+       # this tree, both with 3 plain blocks, then the numerics of .gl/fa on 2 blocks
+    G="--frames 41 --height 768 --width 768 --precision fp8-all --plain-blocks 3 --warmup 1 --steps 2"
+    F=".gl/fa/benchmarks/speed.py --variant wan2.2-i2v-a14b --rank 32 --batch 1"
+    timeout 80 python3 $F $G --out $OUT/fa_plain3.json 2>&1 | tee $OUT/run13.log
+    timeout 80 $S $G --out $OUT/s13_plain3.json 2>&1 | tee -a $OUT/run13.log
+    timeout 60 python3 $F --layers 2 --frames 9 --height 480 --width 832 --precision fp8-all --check --warmup 1 \
+      --steps 2 --out $OUT/fa_check.json 2>&1 | tee -a $OUT/run13.log
+    ;;
 esac
