@@ -22,7 +22,7 @@ from torch import nn
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
-FP8_MULTIPLE = 16  # _scaled_mm wants every dim of its operands divisible by 16
+_ROW_MULTIPLE = 16  # _scaled_mm wants every dim of its operands divisible by 16
 
 
 def quantize_rowwise(x_MI: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +140,7 @@ def quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x's rows quantised (fp8 (M', I), scales (M', 1)); M' is M padded to the fp8 matmul's multiple of 16 on a
     GPU (zero rows quantise to zeros; `fp8_linear_quantized` slices their outputs off)."""
     x_MI = x.reshape(-1, x.shape[-1])
-    pad = -x_MI.shape[0] % FP8_MULTIPLE if scaled_mm_available(x.device) else 0
+    pad = -x_MI.shape[0] % _ROW_MULTIPLE if scaled_mm_available(x.device) else 0
     return _quantize(F.pad(x_MI, (0, 0, 0, pad)) if pad else x_MI)
 
 
@@ -174,7 +174,7 @@ def fp8_grad_input_sum(grads_out: tuple[torch.Tensor, ...], ws_OI: tuple[torch.T
     shape = grads_out[0].shape
     gs_MO = [g.reshape(-1, g.shape[-1]) for g in grads_out]
     rows = gs_MO[0].shape[0]
-    pad = -rows % FP8_MULTIPLE if scaled_mm_available(gs_MO[0].device) else 0
+    pad = -rows % _ROW_MULTIPLE if scaled_mm_available(gs_MO[0].device) else 0
     if pad:
         gs_MO = [F.pad(g, (0, 0, 0, pad)) for g in gs_MO]
     if len(gs_MO) == 1:
