@@ -151,4 +151,18 @@ case "$1" in
     timeout 60 python3 $F --layers 2 --frames 9 --height 480 --width 832 --precision fp8-all --check --warmup 1 \
       --steps 2 --out $OUT/fa_check.json 2>&1 | tee -a $OUT/run13.log
     ;;
+  14)  # session 14: fast accumulation in the fp8 input-gradient matmuls (.gl/fa: this tree with use_fast_accum=True
+       # there) against this tree, both with 3 plain blocks, in one call; numerics of .gl/fa on 2 blocks;
+       # `--plain-blocks auto` (by the estimate) and 4 plain blocks with expandable segments
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    G="--frames 41 --height 768 --width 768 --precision fp8-all --warmup 1 --steps 3"
+    F=".gl/fa/benchmarks/speed.py --variant wan2.2-i2v-a14b --rank 32 --batch 1"
+    timeout 60 python3 $F --layers 2 --frames 9 --height 480 --width 832 --precision fp8-all --check --warmup 1 \
+      --steps 2 --out $OUT/fa_check.json 2>&1 | tee $OUT/run14.log
+    timeout 90 python3 $F $G --plain-blocks 3 --out $OUT/fa_plain3.json 2>&1 | tee -a $OUT/run14.log
+    timeout 90 $S $G --plain-blocks 3 --out $OUT/s14_plain3.json 2>&1 | tee -a $OUT/run14.log
+    timeout 90 $S $G --plain-blocks auto --out $OUT/s14_plainauto.json 2>&1 | tee -a $OUT/run14.log
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 90 python3 $F $G --plain-blocks 4 \
+      --out $OUT/fa_plain4_expandable.json 2>&1 | tee -a $OUT/run14.log
+    ;;
 esac
