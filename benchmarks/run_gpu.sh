@@ -172,6 +172,6 @@ case "$1" in
     timeout 70 python3 $F $C --out $OUT/fa_check_vs_bf16.json 2>&1 | tee $OUT/run15.log
     timeout 70 $S $C --out $OUT/s14_check_vs_bf16.json 2>&1 | tee -a $OUT/run15.log
     timeout 300 python3 $F --frames 41 --height 768 --width 768 --precision bf16,fp8-all --plain-blocks auto \
-      --warmup 0 --steps 5 --out $OUT/fa_losscurve.json 2>&1 | tee -a $OUT/run15.log
+      --warmup 1 --steps 4 --out $OUT/fa_losscurve.json 2>&1 | tee -a $OUT/run15.log
     ;;
 esac
