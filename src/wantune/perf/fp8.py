@@ -127,8 +127,10 @@ def fp8_grad_matmul(gq_MO: torch.Tensor, g_scale_M1: torch.Tensor, ws_OI: tuple[
     if scaled_mm_available(gq_MO.device):
         w_col_OI = _transpose(*ws_OI).t()  # _scaled_mm wants its second operand column-major
         ones_1I = torch.ones(1, ws_OI[0].shape[1], device=gq_MO.device, dtype=torch.float32)
+        # fast accumulation, as in the forward: 1% of the guide's step on an H100 and the same 4-step losses to
+        # 2e-6 (docs/performance.md, session 14)
         return torch._scaled_mm(gq_MO, w_col_OI, scale_a=g_scale_M1, scale_b=ones_1I, out_dtype=out_dtype,
-                                use_fast_accum=False)
+                                use_fast_accum=True)
     return ((gq_MO.float() * g_scale_M1) @ torch.cat([w.float() for w in ws_OI])).to(out_dtype)
 
 
