@@ -37,3 +37,16 @@ def test_details_explain_the_summary(capsys):
         for value, rate in result["adherence_by_option"][attr].items():
             mine = [c["adherence"] for c, v in zip(clips, values) if v == value]
             assert rate == round(sum(mine) / len(mine), 4)
+
+
+def test_shift_reaches_the_sampler(tmp_path, capsys):
+    """--shift is the flow shift every clip was sampled with (default: the variant's), as each video records."""
+    from wantune.models.variants import get_variant
+    from wantune.sample.output import read_settings
+
+    for shift, folder in ((1.5, tmp_path / "low"), (None, tmp_path / "default")):
+        main(["--base", str(BASE_DIR), "--concept", "base", "--clips", "1", "--seed", "2000", "--steps", "2",
+              "--device", "cpu", "--out", str(folder)] + ([] if shift is None else ["--shift", str(shift)]))
+        capsys.readouterr()
+        (video,) = folder.glob("*.mp4")
+        assert read_settings(video)["shift"] == (shift or get_variant("toy-t2v").shift)

@@ -30,7 +30,7 @@ def model_spec(base: Path, loras: list[tuple[str, float]] = (), variant: str | N
 
 def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: Path | None = None,
               loras: list[tuple[str, float]] = (), guidance: float | None = None, steps: int | None = None,
-              device: str | None = None, details: bool = False) -> dict:
+              device: str | None = None, details: bool = False, shift: float | None = None) -> dict:
     """Generate `clips` prompts of `concept` with the toy model and judge them; returns the summary (with
     `details`, also each clip's judgement under "clips": prompt, seed, scores, what the judge measured)."""
     import tempfile
@@ -45,7 +45,7 @@ def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: 
     spec = load_concept(concept)
     instances = [sample_instance(spec, seed, i) for i in range(clips)]
     requests = [PromptSpec(inst.caption, width=spec.width, height=spec.height, frames=spec.frames, seed=seed + i,
-                           guidance=guidance, steps=steps, negative_prompt="") for i, inst in enumerate(instances)]
+                           guidance=guidance, steps=steps, shift=shift, negative_prompt="") for i, inst in enumerate(instances)]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out) if out else Path(tmp)
         paths = generate(model_spec(Path(base), loras), requests, folder / "clip.mp4",
@@ -90,13 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]")
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--shift", type=float, help="flow shift (default: the variant's)")
     parser.add_argument("--device")
     parser.add_argument("--out", type=Path, help="keep the generated clips here")
     parser.add_argument("--details", action="store_true",
                         help="also print each clip's judgement (scores, matched options, what was measured)")
     args = parser.parse_args(argv)
     result = adherence(args.base, args.concept, args.clips, args.seed, args.out, [_lora(x) for x in args.lora],
-                       args.guidance, args.steps, args.device, args.details)
+                       args.guidance, args.steps, args.device, args.details, args.shift)
     print(json.dumps(result))
 
 
