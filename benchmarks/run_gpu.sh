@@ -172,4 +172,8 @@ case "$1" in
     timeout 90 $S $C --out $OUT/s14_check_vs_bf16.json 2>&1 | tee $OUT/run15.log
     timeout 90 python3 $F $C --out $OUT/nofa_check_vs_bf16.json 2>&1 | tee -a $OUT/run15.log
     ;;
+  16)  # session 14, the last device seconds: stage 15's first run only (this tree's fp8-all against plain bf16)
+    timeout 100 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check --warmup 1 \
+      --steps 2 --out $OUT/s14_check_vs_bf16.json 2>&1 | tee $OUT/run16.log
+    ;;
 esac
