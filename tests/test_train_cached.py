@@ -37,6 +37,13 @@ def test_train_on_a_cached_dataset(tmp_path, capsys):
     assert [r["step"] for r in records] == [1, 2, 3, 4] and sum("val/loss" in r for r in records) == 2
     assert (run / "wan2.1_t2v_cached_v1.safetensors").is_file()
     assert "2 training samples, 1 validation samples" in (run / "train.log").read_text()
+    # the largest training clip in pixels (frames, height, width), as `performance.plain_blocks = "auto"` sizes by it
+    from wantune.train.config import load_train_config
+    from wantune.train.experts import run_variant
+    from wantune.train.sources import build_data
+
+    cfg = load_train_config(train)
+    assert build_data(cfg, run_variant(cfg)).largest_FHW == (5, 32, 32)
 
 
 def test_dop_on_cached_data_encodes_the_class_prompts(tmp_path, capsys):

@@ -93,6 +93,37 @@ def test_plain_last_blocks_match_the_plain_run(plain, tmp_path):
         _run(tmp_path, "toomany", "plain_blocks = 9")
 
 
+def test_auto_plain_blocks_on_the_cpu_train_as_the_plain_run(plain, tmp_path):
+    files, records = _run(tmp_path, "auto", 'checkpointing = "selective"\nplain_blocks = "auto"\nattention = "math"')
+    assert _losses(records) == _losses(plain[1])
+    log = (tmp_path / "auto" / "train.log").read_text()
+    assert "performance.plain_blocks = auto: 0 (no CUDA GPU to size them for)" in log
+    with pytest.raises(UserError, match=r"performance\.plain_blocks"):
+        _run(tmp_path, "badword", 'plain_blocks = "all"')
+
+
+@pytest.mark.parametrize("fp8, measured", [(True, 3), (False, 1)])
+def test_auto_plain_blocks_size_as_the_bench_did_on_an_h100(tmp_path, fp8, measured):
+    """The 14B expert at 41f 768x768, rank 32, batch 1, selective checkpointing on an 80 GB H100 (79.2 GiB): 3
+    plain blocks with fp8 weights (3 ran, 4 ran out of memory), 1 in bf16 (2 ran out), sessions 12-14."""
+    from wantune.models.variants import get_variant
+    from wantune.train.performance import resolve_plain_blocks
+
+    perf = f'plain_blocks = "auto"\ncheckpointing = "selective"\nfp8_base = {str(fp8).lower()}'
+    text = CONFIG.format(variant="wan2.2-i2v-a14b", out=tmp_path, name="a14b", gc="true", perf=perf)
+    path = tmp_path / "a14b.toml"
+    path.write_text(text.replace("rank = 4\nalpha = 4.0", "rank = 32\nalpha = 32.0").replace("batch_size = 2",
+                                                                                             "batch_size = 1"))
+    cfg = load_train_config(path)
+    variant = get_variant("wan2.2-i2v-a14b")  # full size: the estimate's, not the tiny model's
+    note = resolve_plain_blocks(cfg, variant, (41, 768, 768), torch.device("cuda"), available_gib=79.2)
+    assert cfg.performance.plain_blocks == measured
+    assert note.startswith(f"performance.plain_blocks = auto: {measured} (the most whose estimate at 41f 768x768")
+    cfg.performance.plain_blocks = "auto"  # with the idle expert resident too, fewer fit
+    resolve_plain_blocks(cfg, variant, (41, 768, 768), torch.device("cuda"), idle_experts=1, available_gib=79.2)
+    assert cfg.performance.plain_blocks < measured
+
+
 def test_full_checkpointing_key_and_old_flag_match_the_plain_run(plain, tmp_path):
     _, old = _run(tmp_path, "old", gc="true")
     _, new = _run(tmp_path, "new", 'checkpointing = "full"\noffload_activations = true')

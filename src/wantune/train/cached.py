@@ -7,6 +7,7 @@ trigger replaced by the class word.
 
 from __future__ import annotations
 
+import math
 import random
 
 from wantune.dist import env as dist
@@ -70,7 +71,8 @@ def build_cached(cfg, variant: WanVariant, rank: int = 0, world: int = 1):
         loader = DopContexts(loader, store, keys)
         for sample in validation:
             sample["context_dop_LD"] = store.load("text", keys[sample["sample_id"]])["context"]
-    return loader, validation, len(train)
+    largest = max(((e.shape[0], e.shape[2], e.shape[1]) for e in train), key=math.prod, default=None)
+    return loader, validation, len(train), largest
 
 
 def _held_out(count: int, fraction: float, seed: int) -> set[int]:

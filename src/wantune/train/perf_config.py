@@ -28,10 +28,12 @@ class PerformanceConfig:
     """Keep each checkpointed block's saved tensors in pinned CPU memory (needs checkpointing)."""
     fused_lora: bool = False
     """Each LoRA adapter fused into its base Linear's forward and backward (no full-size add/scale passes)."""
-    plain_blocks: int = 0
+    plain_blocks: int | Literal["auto"] = 0
     """The last N blocks skip checkpointing (keep their activations, no recompute) in memory that would sit idle;
-    `wantune bench speed --plain-blocks auto` measures how many fit a configuration."""
+    "auto": the most whose memory estimate on the run's largest clip fits 0.9 of the GPU (as `wantune bench speed
+    --plain-blocks auto`)."""
 
     def validate(self) -> None:
         require(self.block_swap >= 0, "performance.block_swap: must be >= 0 (blocks kept in CPU memory)")
-        require(self.plain_blocks >= 0, "performance.plain_blocks: must be >= 0 (blocks that skip checkpointing)")
+        require(self.plain_blocks == "auto" or self.plain_blocks >= 0,
+                "performance.plain_blocks: must be >= 0 (blocks that skip checkpointing) or \"auto\"")

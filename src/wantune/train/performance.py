@@ -12,6 +12,7 @@ Legend: B batch, C channels, F/H/W latent frames/height/width.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
@@ -84,26 +85,13 @@ def _with_backend(plain, name: str, *args, **kwargs):
 def memory_line(cfg: TrainConfig, variant, latents_BCFHW: torch.Tensor, device: torch.device,
                 idle_experts: int = 0) -> str:
     """"this config needs about N GiB; you have M" for one step on this batch's shape (LoRA training)."""
-    from wantune.perf.memory import GIB, estimate_memory, memory_message
+    from wantune.perf.memory import GIB, memory_message
 
     if cfg.network.type != "lora":
         return "memory estimate: covers LoRA training only (not printed for full fine-tuning)"
     B, _, F, H, W = latents_BCFHW.shape
     st, sh, sw = variant.vae_stride
-    pt, ph, pw = variant.patch_size
-    H, W = -(-H // ph) * ph, -(-W // pw) * pw  # whole patches
-    perf = cfg.performance
-    est = estimate_memory(variant, (F - 1) * st + 1, H * sh, W * sw, batch=B, rank=cfg.network.rank,
-                          precision="fp8" if perf.fp8_base else "bf16", block_swap=perf.block_swap,
-                          save_attention=cfg.checkpoint_mode == "selective",
-                          offload=perf.offload_activations, plain_blocks=perf.plain_blocks)
-    if cfg.checkpoint_mode == "none":  # every block keeps all its activations
-        from wantune.perf.memory import block_activation_bytes
-
-        tokens = B * (F // pt) * (H // ph) * (W // pw)
-        est.parts["unchecked_blocks"] = variant.num_layers * block_activation_bytes(variant, tokens)
-    if idle_experts:
-        est.parts["idle_expert_weights"] = idle_experts * est.parts["frozen_weights"]
+    est = step_estimate(cfg, variant, ((F - 1) * st + 1, H * sh, W * sw), B, idle_experts)
     if device.type != "cuda":
         return f"memory estimate: on a CUDA GPU this config would need about {est.total_gib:.1f} GiB " \
                "(training on the CPU here)"
@@ -112,3 +100,56 @@ def memory_line(cfg: TrainConfig, variant, latents_BCFHW: torch.Tensor, device: 
         line = line.split(" (too little")[0] + " (too little: set performance.fp8_base, performance.block_swap = N, " \
             "performance.offload_activations, or train on fewer frames / a smaller size)"
     return line
+
+
+def step_estimate(cfg: TrainConfig, variant, pixels_FHW: tuple[int, int, int], batch: int, idle_experts: int = 0,
+                  plain_blocks: int | None = None):
+    """`perf.memory.estimate_memory` of one LoRA step of this config on clips of `pixels_FHW` (frames, height,
+    width in pixels; width and height rounded up to whole patches) with `plain_blocks` (default: the config's)."""
+    from wantune.perf.flops import latent_grid
+    from wantune.perf.memory import block_activation_bytes, estimate_memory
+
+    perf = cfg.performance
+    F, H, W = pixels_FHW
+    _, sh, sw = variant.vae_stride
+    _, ph, pw = variant.patch_size
+    H, W = -(-H // (sh * ph)) * sh * ph, -(-W // (sw * pw)) * sw * pw  # whole patches
+    plain = perf.plain_blocks if plain_blocks is None else plain_blocks
+    est = estimate_memory(variant, F, H, W, batch=batch, rank=cfg.network.rank,
+                          precision="fp8" if perf.fp8_base else "bf16", block_swap=perf.block_swap,
+                          save_attention=cfg.checkpoint_mode == "selective",
+                          offload=perf.offload_activations, plain_blocks=plain)
+    if cfg.checkpoint_mode == "none":  # every block keeps all its activations
+        tokens = batch * math.prod(latent_grid(variant, F, H, W))
+        est.parts["unchecked_blocks"] = variant.num_layers * block_activation_bytes(variant, tokens)
+    if idle_experts:
+        est.parts["idle_expert_weights"] = idle_experts * est.parts["frozen_weights"]
+    return est
+
+
+def resolve_plain_blocks(cfg: TrainConfig, variant, largest_FHW: tuple[int, int, int] | None, device: torch.device,
+                         idle_experts: int = 0, available_gib: float | None = None) -> str | None:
+    """`performance.plain_blocks = "auto"`: set it to the most blocks whose estimated step on the run's largest
+    clip (`largest_FHW`, pixels) fits 0.9 of the GPU (`perf.plain.plain_blocks_that_fit`, as `wantune bench
+    speed --plain-blocks auto`); returns the line to log, or None when the config gives a number. 0 on the CPU,
+    for full fine-tuning and with block swap, activation offload or no checkpointing (nothing to size).
+    `available_gib`: the GPU's memory (default: the device's)."""
+    from wantune.perf.memory import GIB
+    from wantune.perf.plain import plain_blocks_that_fit
+
+    perf = cfg.performance
+    if perf.plain_blocks != "auto":
+        return None
+    perf.plain_blocks = 0
+    if device.type != "cuda":
+        return "performance.plain_blocks = auto: 0 (no CUDA GPU to size them for)"
+    if (cfg.network.type != "lora" or largest_FHW is None or perf.block_swap or perf.offload_activations
+            or cfg.checkpoint_mode == "none"):
+        return "performance.plain_blocks = auto: 0 (sized for LoRA runs with checkpointing, no swap or offload)"
+    available = available_gib or torch.cuda.get_device_properties(device).total_memory / GIB
+    perf.plain_blocks = plain_blocks_that_fit(
+        lambda n: step_estimate(cfg, variant, largest_FHW, cfg.training.batch_size, idle_experts, n).total_gib,
+        available, variant.num_layers)
+    F, H, W = largest_FHW
+    return (f"performance.plain_blocks = auto: {perf.plain_blocks} (the most whose estimate at {F}f {W}x{H}, "
+            f"batch {cfg.training.batch_size}, fits 0.9 of {available:.1f} GiB)")

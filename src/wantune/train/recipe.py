@@ -26,7 +26,7 @@ from wantune.train.diagnostics import Diagnostics, lora_update_norm
 from wantune.train.experts import ExpertSchedule, build_models, build_unit, plan_offload, run_variant
 from wantune.train.logging import MetricsLog, NullLog, progress_bar
 from wantune.train.loop import StepContext, StepResult, TrainUnit, train_step
-from wantune.train.performance import memory_line
+from wantune.train.performance import memory_line, resolve_plain_blocks
 from wantune.train.sources import RunData, build_data
 from wantune.train.state import (checkpoint_dir, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint,
                                  save_final)
@@ -45,6 +45,8 @@ def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
     strategy = resolve_strategy(cfg.distributed.strategy, cfg.network.type, env.world)
     models = build_models(cfg, variant)
     offload = plan_offload(cfg, models, device) and strategy != "fsdp"  # sharded experts both fit
+    idle_experts = int(len(models) > 1 and not offload)
+    plain_note = resolve_plain_blocks(cfg, variant, data.largest_FHW, device, idle_experts)  # before the blocks wrap
     units = [build_unit(name, model, cfg, variant, total, device, on_device=not offload, strategy=strategy)
              for name, model in models.items()]
     experts = ExpertSchedule(units, cfg.experts.switch_every, offload, device)
@@ -61,8 +63,9 @@ def main(cfg: TrainConfig, resume: str | None = None) -> list[Path]:
         epochs_before = data.completed_epochs
         micro_batches = [data.loader.next_batch() for _ in range(cfg.training.grad_accumulation)]
         if step == start:
-            run.log.message(memory_line(cfg, variant, micro_batches[0]["latents_BCFHW"], device,
-                                        idle_experts=int(len(units) > 1 and not offload)))
+            if plain_note:
+                run.log.message(plain_note)
+            run.log.message(memory_line(cfg, variant, micro_batches[0]["latents_BCFHW"], device, idle_experts))
         result = train_step(unit, micro_batches, ctx)
         run.after_step(step + 1, unit, result, data.completed_epochs > epochs_before, bar)
         bar.update(1)

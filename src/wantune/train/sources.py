@@ -16,6 +16,7 @@ Legend: B batch, C channels, F latent frames, H/W latent height/width, L text to
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -189,8 +190,11 @@ class RunData:
     """The training loader (in-memory or cached: `next_batch`, `state_dict`, `epoch`, `batches_per_epoch`)
     and the validation samples of a run."""
 
-    def __init__(self, loader, validation: list[dict], num_samples: int):
+    def __init__(self, loader, validation: list[dict], num_samples: int,
+                 largest_FHW: tuple[int, int, int] | None = None):
         self.loader, self.validation, self.num_samples = loader, validation, num_samples
+        self.largest_FHW = largest_FHW
+        """(frames, height, width) in pixels of the training clip with the most pixels (memory sizing)."""
 
     @property
     def completed_epochs(self) -> int:
@@ -222,7 +226,9 @@ def build_data(cfg, variant: WanVariant, rank: int = 0, world: int = 1) -> RunDa
     _check_shapes(train + validation, variant)
     loader = SampleLoader(train, cfg.training.batch_size, data.shuffle, cfg.training.seed, data.caption_dropout,
                           rank, world)
-    return RunData(loader, validation, len(train))
+    st, sh, sw = variant.vae_stride
+    pixels = [((F - 1) * st + 1, H * sh, W * sw) for F, H, W in (s["latents_CFHW"].shape[1:] for s in train)]
+    return RunData(loader, validation, len(train), max(pixels, key=math.prod, default=None))
 
 
 def _check_shapes(samples: list[dict], variant: WanVariant) -> None:
