@@ -45,7 +45,8 @@ def adherence(base: Path, concept: str, clips: int = 32, seed: int = 1000, out: 
     spec = load_concept(concept)
     instances = [sample_instance(spec, seed, i) for i in range(clips)]
     requests = [PromptSpec(inst.caption, width=spec.width, height=spec.height, frames=spec.frames, seed=seed + i,
-                           guidance=guidance, steps=steps, shift=shift, negative_prompt="") for i, inst in enumerate(instances)]
+                           guidance=guidance, steps=steps, shift=shift, negative_prompt="")
+                for i, inst in enumerate(instances)]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out) if out else Path(tmp)
         paths = generate(model_spec(Path(base), loras), requests, folder / "clip.mp4",
