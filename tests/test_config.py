@@ -45,6 +45,17 @@ def test_wrong_type_names_key():
         config.load(Outer, {"name": "x", "inner": {"mode": "c"}})
 
 
+@dataclass
+class Either:
+    count: int | Literal["auto"] = 0
+
+
+def test_union_takes_either_and_names_both_when_neither():
+    assert config.load(Either, {"count": 3}).count == 3 and config.load(Either, {"count": "auto"}).count == "auto"
+    with pytest.raises(UserError, match=r"^config: key 'count' must be int or one of 'auto', got 'al'$"):
+        config.load(Either, {"count": "al"})
+
+
 def test_overrides_parse_toml_values():
     obj = config.load(Outer, {"name": "x"}, ["lr=3e-4", "inner.rank=32", "name=bare"])
     assert obj.lr == 3e-4 and obj.inner.rank == 32 and obj.name == "bare"

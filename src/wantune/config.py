@@ -94,7 +94,10 @@ def _convert(tp: Any, value: Any, path: str, where: str) -> Any:
                 return _convert(arg, value, path, where)
             except UserError as exc:
                 errors.append(str(exc))
-        raise UserError(errors[0] if len(errors) == 1 else f"{where}: key '{path}' has an unsupported value {value!r}")
+        if len(errors) == 1:
+            raise UserError(errors[0])
+        expected = " or ".join(_describe(a) for a in args if a is not type(None))
+        raise UserError(f"{where}: key '{path}' must be {expected}, got {value!r}")
     if origin is Literal:
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
@@ -118,6 +121,13 @@ def _convert(tp: Any, value: Any, path: str, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, prefix=f"{path}.", where=where)
     return _scalar(tp, value, path, where)
+
+
+def _describe(tp: Any) -> str:
+    """What a value of this field type looks like, for the one-line error ("int", "one of 'auto'")."""
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
 
 
 def _scalar(tp: Any, value: Any, path: str, where: str) -> Any:
