@@ -65,6 +65,11 @@ def test_concept_recipe_sits_between_flags_and_defaults(tmp_path):
     assert "temporal_weight" not in train_config(spec, tmp_path, settings, dop=True)["regularisation"]
     plain = settings_for(load_concept("base"), defaults, {})  # a spec without a recipe
     assert (plain.steps, plain.prior_target, plain.prior_clips, plain.strength) == (1200, "data", 32, 1.0)
+    assert "ema_decay" not in train_config(spec, tmp_path, settings, dop=True)["regularisation"]
+    style = settings_for(load_concept("style"), defaults, {})  # its recipe keeps an EMA of the LoRA weights
+    assert (style.clips, style.steps, style.ema_decay) == (256, 1800, 0.995)
+    assert train_config(load_concept("style"), tmp_path, style, dop=True)["regularisation"]["ema_decay"] == 0.995
+    assert settings_for(load_concept("style"), defaults, {"ema_decay": 0.0}).ema_decay == 0.0  # a flag turns it off
 
 
 def test_bench_learn_refuses_a_bad_recipe_before_training(tmp_path, capsys):
@@ -72,6 +77,11 @@ def test_bench_learn_refuses_a_bad_recipe_before_training(tmp_path, capsys):
     assert cli_main(["bench", "learn", "--concept", str(bad), "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip()
     assert "recipe.prior_target 'latents'" in err and "\n" not in err
+    ema = _concept_with_recipe(tmp_path / "ema.toml", "ema_decay = 1.0\n")
+    assert cli_main(["bench", "learn", "--concept", str(ema), "--out", str(tmp_path / "e")]) == 2
+    assert "recipe.ema_decay 1.0: must be within [0, 1)" in capsys.readouterr().err
+    assert cli_main(["bench", "learn", "--concept", "style", "--ema-decay", "-0.5", "--out", str(tmp_path / "f")]) == 2
+    assert "--ema-decay -0.5: must be within [0, 1)" in capsys.readouterr().err
     typo = _concept_with_recipe(tmp_path / "typo.toml", "stepz = 10\n")
     assert cli_main(["bench", "learn", "--concept", str(typo), "--out", str(tmp_path / "b")]) == 2
     assert "recipe.stepz" in capsys.readouterr().err

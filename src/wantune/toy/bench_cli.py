@@ -39,6 +39,8 @@ def register_learn(bench_subparsers) -> None:
     recipe.add_argument("--mask-min-weight", type=float,
                         help="masked loss: weight the background this much against the object (0-1; off unless "
                              "given)")
+    recipe.add_argument("--ema-decay", type=float,
+                        help="keep an EMA of the LoRA weights and judge those (e.g. 0.995; 0: off, the default)")
     recipe.add_argument("--strength", type=float,
                         help="LoRA strength for the clips generated with it, concept and base-world prompts (1.0)")
     p.add_argument("--dop", choices=("both", "on", "off"), default="both",

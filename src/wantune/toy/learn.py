@@ -56,6 +56,8 @@ class LearnSettings:
     mask_min_weight: float | None = None
     """Masked loss: render each clip's object mask and train with `training.mask_min_weight` = this (the weight of
     the background against the object's 1); None: off."""
+    ema_decay: float = 0.0
+    """An EMA of the LoRA weights, `regularisation.ema_decay` (0: off); with it the EMA weights are judged."""
     seed: int = 0
     """Seed of the rendered clips and the run."""
     strength: float = 1.0
@@ -85,10 +87,12 @@ class LearnSettings:
             raise UserError(f"--temporal-weight {self.temporal_weight}: must be >= 0")
         if self.mask_min_weight is not None and not 0 <= self.mask_min_weight <= 1:
             raise UserError(f"--mask-min-weight {self.mask_min_weight}: must be within [0, 1]")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"--ema-decay {self.ema_decay}: must be within [0, 1) (e.g. 0.995; 0: off)")
 
 
 RECIPE_FIELDS = ("clips", "steps", "batch_size", "rank", "lr", "prior_clips", "prior_target", "dop_multiplier",
-                 "temporal_weight", "strength", "mask_min_weight")
+                 "temporal_weight", "strength", "mask_min_weight", "ema_decay")
 
 
 def settings_for(spec: ConceptSpec, settings: LearnSettings, flags: dict) -> LearnSettings:
@@ -132,6 +136,8 @@ def train_config(spec: ConceptSpec, base: Path, settings: LearnSettings, dop: bo
         cfg.setdefault("regularisation", {})["temporal_weight"] = settings.temporal_weight
     if settings.mask_min_weight is not None:
         cfg["training"]["mask_min_weight"] = settings.mask_min_weight
+    if settings.ema_decay:
+        cfg.setdefault("regularisation", {})["ema_decay"] = settings.ema_decay
     if dop:
         cfg.setdefault("regularisation", {})["dop"] = {
             "enabled": True, "trigger": spec.trigger, "class_word": spec.class_word or "thing",

@@ -76,10 +76,14 @@ class Recipe:
     """The strength the concept's LoRA is used (and judged) at, for the concept's and the base world's prompts."""
     mask_min_weight: float | None = None
     """Masked loss: train on the objects' exact masks with the background weighted this much (unset: off)."""
+    ema_decay: float | None = None
+    """An EMA of the LoRA weights (`regularisation.ema_decay`), whose weights are then the ones judged (unset: off)."""
 
     def validate(self) -> None:
         if self.prior_target not in (None, "data", "base"):
             raise UserError(f"recipe.prior_target '{self.prior_target}': must be \"data\" or \"base\"")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise UserError(f"recipe.ema_decay {self.ema_decay}: must be within [0, 1) (e.g. 0.995)")
 
 
 @dataclass
