@@ -132,21 +132,20 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
     for precision in cfg.precision:
         shape = (variant, cfg.frames, cfg.height, cfg.width, cfg.batch, cfg.rank, precision, cfg.block_swap,
                  save_attention, offload)
-        estimate = estimate_memory(*shape)
+        estimate = estimate_memory(*shape, idle_experts=int(cfg.idle_expert))
         if cfg.idle_expert:  # the other expert of the pair: its frozen weights, resident, never run
             idle = None
             _free()
             idle = build_wan(variant, device, cfg.rank, precision, seed=cfg.seed + 1)[0].requires_grad_(False)
-            estimate.parts["idle_expert_weights"] = estimate.parts["frozen_weights"]
         available = cfg.memory_cap_gib or torch.cuda.get_device_properties(device).total_memory / GIB
         plain_blocks = cfg.plain_blocks or 0
         if cfg.plain_blocks is None and cfg.mode == "fast" and not capped and not cfg.block_swap:
             plain_blocks = plain_blocks_that_fit(
-                lambda n: _with_idle(estimate_memory(*shape, plain_blocks=n), estimate).total_gib, available,
-                variant.num_layers)
+                lambda n: estimate_memory(*shape, plain_blocks=n, idle_experts=int(cfg.idle_expert)).total_gib,
+                available, variant.num_layers)
             log(f"plain blocks: {plain_blocks} (the most whose estimate fits 0.9 of {available:.1f} GiB)")
         if plain_blocks:
-            estimate = _with_idle(estimate_memory(*shape, plain_blocks=plain_blocks), estimate)
+            estimate = estimate_memory(*shape, plain_blocks=plain_blocks, idle_experts=int(cfg.idle_expert))
         log(memory_message(estimate, available))
         _set_cap(cfg.memory_cap_gib, device)
         run = {}
@@ -202,13 +201,6 @@ def _our_runs(cfg, variant, device, backend, rates, flops, result, log, progress
         curves[name] = {"max_relative_diff": max(rel), "steps": len(rel)}
     # one fp8 mode: its comparison at the top level, as before
     return next(iter(curves.values())) if len(curves) == 1 else curves
-
-
-def _with_idle(estimate, before):
-    """`estimate` with the idle expert's weights of `before`, if any."""
-    if "idle_expert_weights" in before.parts:
-        estimate.parts["idle_expert_weights"] = before.parts["idle_expert_weights"]
-    return estimate
 
 
 def _reference_run(cfg, variant, device, flops, rates, log) -> dict:

@@ -69,8 +69,10 @@ def block_activation_bytes(variant: WanVariant, tokens: int) -> float:
 
 def estimate_memory(variant: WanVariant, frames: int, height: int, width: int, batch: int = 1, rank: int = 32,
                     precision: str = "bf16", block_swap: int = 0, save_attention: bool = True,
-                    offload: bool = False, lora_bytes: int = 2, plain_blocks: int = 0) -> MemoryEstimate:
-    """Peak GPU memory of one training step of this configuration (see the module docstring)."""
+                    offload: bool = False, lora_bytes: int = 2, plain_blocks: int = 0,
+                    idle_experts: int = 0) -> MemoryEstimate:
+    """Peak GPU memory of one training step of this configuration (see the module docstring); `idle_experts`:
+    other experts of an A14B pair whose frozen weights stay resident without running."""
     tokens = batch * math.prod(latent_grid(variant, frames, height, width))
     d, fd, layers = variant.dim, variant.ffn_dim, variant.num_layers
     linear, other = block_params(variant)
@@ -88,6 +90,8 @@ def estimate_memory(variant: WanVariant, frames: int, height: int, width: int, b
     if plain_blocks:
         kept = parts["saved_block_inputs"] / layers + parts["saved_attention"] / layers
         parts["unchecked_blocks"] = plain_blocks * (block_activation_bytes(variant, tokens) - kept)
+    if idle_experts:
+        parts["idle_expert_weights"] = idle_experts * parts["frozen_weights"]
     return MemoryEstimate(parts)
 
 

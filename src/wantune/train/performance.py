@@ -118,12 +118,10 @@ def step_estimate(cfg: TrainConfig, variant, pixels_FHW: tuple[int, int, int], b
     est = estimate_memory(variant, F, H, W, batch=batch, rank=cfg.network.rank,
                           precision="fp8" if perf.fp8_base else "bf16", block_swap=perf.block_swap,
                           save_attention=cfg.checkpoint_mode == "selective",
-                          offload=perf.offload_activations, plain_blocks=plain)
+                          offload=perf.offload_activations, plain_blocks=plain, idle_experts=idle_experts)
     if cfg.checkpoint_mode == "none":  # every block keeps all its activations
         tokens = batch * math.prod(latent_grid(variant, F, H, W))
         est.parts["unchecked_blocks"] = variant.num_layers * block_activation_bytes(variant, tokens)
-    if idle_experts:
-        est.parts["idle_expert_weights"] = idle_experts * est.parts["frozen_weights"]
     return est
 
 
