@@ -176,4 +176,10 @@ case "$1" in
     timeout 100 $S --layers 2 --frames 9 --height 480 --width 832 --precision bf16,fp8-all --check --warmup 1 \
       --steps 2 --out $OUT/s14_check_vs_bf16.json 2>&1 | tee $OUT/run16.log
     ;;
+  17)  # session 15: bf16 and fp8-all at 81f 480x832 with this tree's fused LoRA and `--plain-blocks auto` (on an
+       # H200 many blocks fit), against the reference in the same process: efficiency and ratio today
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    timeout 560 $S --frames 81 --height 480 --width 832 --precision bf16,fp8-all --plain-blocks auto --reference \
+      --warmup 1 --steps 3 --out $OUT/a14b_81f_480x832_plainauto_s15.json 2>&1 | tee $OUT/run17.log
+    ;;
 esac

@@ -35,7 +35,10 @@ while :; do
 done
 date
 cp $W/*.err $R/ 2>/dev/null; : > $R/sweep.jsonl; mkdir -p $R/loras  # $OUT returns a few files: tar it there
-for d in $W/*/; do f=$(ls $d*/runs/*/*_v1.safetensors 2>/dev/null | head -1); [ -n "$f" ] && cp "$f" $R/loras/$(basename $d).safetensors; done
+for d in $W/*/; do  # the EMA weights when kept (what the bench judged)
+  f=$(ls $d*/runs/*/*_v1_ema.safetensors 2>/dev/null | head -1); [ -n "$f" ] || f=$(ls $d*/runs/*/*_v1.safetensors 2>/dev/null | head -1)
+  [ -n "$f" ] && cp "$f" $R/loras/$(basename $d).safetensors
+done
 while read -r name concept args; do
   [ -e $W/$name.done ] || { echo "$name running: $(grep -c . $W/$name/*/runs/*/metrics.jsonl 2>/dev/null | tail -1)"; continue; }
   python3 - "$W/$name.json" "$name" "$args" "$R/sweep.jsonl" <<'PY' || { echo "$name failed"; tail -n 3 $W/$name.err; }
