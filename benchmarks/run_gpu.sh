@@ -182,4 +182,9 @@ case "$1" in
     timeout 560 $S --frames 81 --height 480 --width 832 --precision bf16,fp8-all --plain-blocks auto --reference \
       --warmup 1 --steps 3 --out $OUT/a14b_81f_480x832_plainauto_s15.json 2>&1 | tee $OUT/run17.log
     ;;
+  18)  # session 16 (little device time left): stage 17's bf16 only, against the reference in the same process
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    timeout 420 $S --frames 81 --height 480 --width 832 --precision bf16 --plain-blocks auto --reference \
+      --warmup 1 --steps 3 --out $OUT/a14b_81f_480x832_bf16_plainauto_s16.json 2>&1 | tee $OUT/run18.log
+    ;;
 esac
