@@ -67,7 +67,7 @@ def test_concept_recipe_sits_between_flags_and_defaults(tmp_path):
     assert (plain.steps, plain.prior_target, plain.prior_clips, plain.strength) == (1200, "data", 32, 1.0)
     assert "ema_decay" not in train_config(spec, tmp_path, settings, dop=True)["regularisation"]
     style = settings_for(load_concept("style"), defaults, {})  # its recipe keeps an EMA of the LoRA weights
-    assert (style.clips, style.steps, style.ema_decay) == (256, 1800, 0.995)
+    assert (style.clips, style.steps, style.ema_decay) == (256, 2400, 0.995)
     assert train_config(load_concept("style"), tmp_path, style, dop=True)["regularisation"]["ema_decay"] == 0.995
     assert settings_for(load_concept("style"), defaults, {"ema_decay": 0.0}).ema_decay == 0.0  # a flag turns it off
 
